@@ -1,0 +1,92 @@
+"""The command line: one argparse subcommand per verb, each dispatching lazily to its module.
+
+Each `_add_<verb>` function owns one subcommand; its handler imports the module that does the
+work only when called, so `holdmount --help` and `holdmount run` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from holdmount import __version__
+from holdmount.errors import Exit
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors follow our format and exit 64 (EX_USAGE)."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.removeprefix("holdmount").strip()
+        print(f"holdmount: {verb + ': ' if verb else ''}{message}", file=sys.stderr)
+        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(int(Exit.USAGE))
+
+
+def _span(value: str) -> float:
+    from holdmount.timespan import parse_timespan
+
+    try:
+        return parse_timespan(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+# --- run --------------------------------------------------------------------------------------
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from holdmount.run import RunSpec, run
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return run(RunSpec(
+        paths=tuple(args.hold),
+        command=tuple(command),
+        protect=args.protect,
+        require_writable=args.require_writable,
+        require_exec=args.require_exec,
+        trigger_timeout=args.trigger_timeout,
+    ))
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="hold directories for the whole life of a command",
+        description="Hold (and check) directories, run COMMAND, release them when it ends. "
+        "Options stop at the first non-option argument. Exit status is COMMAND's.",
+    )
+    p.add_argument("--hold", action="append", default=[], metavar="DIR",
+                   help="directory to keep mounted (triggers an automount); repeatable")
+    p.add_argument("--protect", action="store_true",
+                   help="flock(LOCK_SH) each held directory so systemd-tmpfiles --clean skips it")
+    p.add_argument("--require-writable", action="store_true",
+                   help="check each held directory by creating a file in it (never access())")
+    p.add_argument("--require-exec", action="store_true",
+                   help="fail when a held directory is on a noexec mount")
+    p.add_argument("--trigger-timeout", type=_span, default=30.0, metavar="SPAN",
+                   help="how long a trigger may take (default 30s)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    p.set_defaults(func=_cmd_run)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="holdmount",
+        description="Keep mounts alive and run finalize work safely at shutdown, during long "
+        "jobs and across automount expiry and tmpfiles cleanup.",
+    )
+    parser.add_argument("--version", action="version", version=f"holdmount {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log debug messages and show "
+                        "tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_run(sub)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)

@@ -1,0 +1,153 @@
+"""The mount table: /proc/PID/mountinfo parsed into frozen entries, and questions about it.
+
+No libmount: the format is documented in proc(5) and stable. Paths are unescaped (\\040 etc.).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _options(text: str) -> Mapping[str, str]:
+    out: dict[str, str] = {}
+    for opt in text.split(","):
+        key, _, value = opt.partition("=")
+        if key:
+            out[key] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    mnt_id: int
+    parent_id: int
+    dev: str  # "major:minor"
+    root: str  # the path inside the filesystem that is mounted here
+    mount_point: str
+    mount_options: str
+    propagation: tuple[str, ...]  # optional fields: shared:N, master:N, ...
+    fstype: str
+    source: str
+    super_options: str
+
+    @property
+    def options(self) -> Mapping[str, str]:
+        """Per-mount and superblock options merged (superblock wins)."""
+        return {**_options(self.mount_options), **_options(self.super_options)}
+
+    @property
+    def is_autofs(self) -> bool:
+        return self.fstype == "autofs"
+
+    @property
+    def autofs_timeout(self) -> int | None:
+        """Idle timeout in seconds of an autofs trigger (0 = never expires), from timeout=."""
+        if not self.is_autofs:
+            return None
+        value = _options(self.super_options).get("timeout")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def autofs_kind(self) -> str | None:
+        """direct, indirect or offset (from the super options) for an autofs trigger."""
+        if not self.is_autofs:
+            return None
+        opts = _options(self.super_options)
+        for kind in ("direct", "indirect", "offset"):
+            if kind in opts:
+                return kind
+        return None
+
+
+def parse_line(line: str) -> Mount:
+    left, sep, right = line.rstrip("\n").partition(" - ")
+    if not sep:
+        raise ValueError(f"mountinfo line without separator: {line!r}")
+    a = left.split(" ")
+    b = right.split(" ")
+    return Mount(
+        mnt_id=int(a[0]),
+        parent_id=int(a[1]),
+        dev=a[2],
+        root=_unescape(a[3]),
+        mount_point=_unescape(a[4]),
+        mount_options=a[5],
+        propagation=tuple(a[6:]),
+        fstype=b[0],
+        source=_unescape(b[1]) if len(b) > 1 else "",
+        super_options=b[2] if len(b) > 2 else "",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MountTable:
+    mounts: tuple[Mount, ...]
+
+    @classmethod
+    def read(cls, pid: int | str = "self") -> MountTable:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return cls.parse(f)
+
+    @classmethod
+    def parse(cls, lines: Iterable[str]) -> MountTable:
+        return cls(tuple(parse_line(line) for line in lines if line.strip()))
+
+    def by_id(self, mnt_id: int) -> Mount | None:
+        for m in self.mounts:
+            if m.mnt_id == mnt_id:
+                return m
+        return None
+
+    def at(self, mount_point: str) -> list[Mount]:
+        """Every mount stacked on `mount_point`, bottom first (mountinfo order)."""
+        return [m for m in self.mounts if m.mount_point == mount_point]
+
+    def top_at(self, mount_point: str) -> Mount | None:
+        """The visible (topmost) mount on `mount_point`."""
+        stack = self.at(mount_point)
+        if not stack:
+            return None
+        ids = {m.mnt_id for m in stack}
+        # the top is the one no other mount on this point has as parent
+        for m in reversed(stack):
+            if not any(o.parent_id == m.mnt_id for o in stack if o.mnt_id in ids):
+                return m
+        return stack[-1]
+
+    def containing(self, path: str) -> Mount | None:
+        """The visible mount that `path` (absolute, normalised, no symlinks resolved) lives on."""
+        path = os.path.normpath(path)
+        best: Mount | None = None
+        best_len = -1
+        for m in self.mounts:
+            mp = m.mount_point
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= best_len:
+                if len(mp) > best_len:
+                    best = self.top_at(mp)
+                    best_len = len(mp)
+        return best
+
+    def is_real_mounted(self, mount_point: str) -> bool:
+        """True when something other than an autofs trigger is mounted on `mount_point`."""
+        return any(not m.is_autofs for m in self.at(mount_point))
+
+    def parent(self, m: Mount) -> Mount | None:
+        return self.by_id(m.parent_id)
+
+    def is_automounted(self, m: Mount) -> bool:
+        """`m` was mounted by an automounter: it sits on an autofs trigger (direct: same mount
+        point; indirect: inside the autofs directory)."""
+        parent = self.parent(m)
+        return parent is not None and parent.is_autofs and not m.is_autofs
+
+    def overlays(self) -> list[Mount]:
+        return [m for m in self.mounts if m.fstype == "overlay"]

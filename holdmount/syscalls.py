@@ -1,0 +1,112 @@
+"""The only module that talks to the kernel through ctypes or reads fd metadata from /proc.
+
+Everything here is a thin, typed wrapper: fstatfs (Python's statvfs has no f_type), the mount id of
+an fd (from /proc/self/fdinfo), mount-namespace identity, pidfds and the filesystem magic numbers
+we care about.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import os
+
+AUTOFS_SUPER_MAGIC = 0x0187
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+TMPFS_MAGIC = 0x01021994
+NFS_SUPER_MAGIC = 0x6969
+
+# statfs.f_flags bits (linux/statfs.h ST_*)
+ST_RDONLY = 0x0001
+ST_NOEXEC = 0x0008
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs on 64-bit Linux (all fields are words except f_fsid)
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatFs:
+    f_type: int
+    bsize: int
+    blocks: int
+    bavail: int
+    files: int
+    ffree: int
+    flags: int
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & ST_RDONLY)
+
+    @property
+    def noexec(self) -> bool:
+        return bool(self.flags & ST_NOEXEC)
+
+
+def fstatfs(fd: int) -> StatFs:
+    """fstatfs(2); raises OSError with errno."""
+    buf = _Statfs()
+    if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return StatFs(
+        f_type=buf.f_type & 0xFFFFFFFF,
+        bsize=buf.f_bsize,
+        blocks=buf.f_blocks,
+        bavail=buf.f_bavail,
+        files=buf.f_files,
+        ffree=buf.f_ffree,
+        flags=buf.f_flags,
+    )
+
+
+def fd_mnt_id(fd: int, pid: int | str = "self") -> int:
+    """The mount id of the mount `fd` lives on (mnt_id: in /proc/PID/fdinfo/FD)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(f"no mnt_id in /proc/{pid}/fdinfo/{fd}")
+
+
+def mount_ns_id(pid: int | str = "self") -> int:
+    """Inode number of the mount namespace of `pid` (comparable across processes)."""
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+
+
+def in_host_mount_ns() -> bool | None:
+    """True when we share PID 1's mount namespace; None when that cannot be told (no access)."""
+    try:
+        return mount_ns_id("self") == mount_ns_id(1)
+    except PermissionError:
+        return None
+
+
+def unshare_mount_ns() -> None:
+    """unshare(CLONE_NEWNS) — os.unshare only arrived in Python 3.12."""
+    clone_newns = 0x00020000
+    if _libc.unshare(clone_newns) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "unshare(CLONE_NEWNS)")
+
+
+def pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)

@@ -1,0 +1,36 @@
+"""The CI guard itself: under CI=true a skipped real-component test must fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def test_skipped_real_test_fails_under_ci(tmp_path: Path) -> None:
+    (tmp_path / "test_x.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.real
+        def test_needs_component():
+            pytest.skip("component missing")
+
+        def test_plain_skip():
+            pytest.skip("fine")
+    """))
+    conftest = Path(__file__).with_name("conftest.py")
+    (tmp_path / "conftest.py").write_text(conftest.read_text())
+    env = {**os.environ, "CI": "true"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-o", "markers=real", str(tmp_path)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout
+    assert "1 failed, 1 skipped" in r.stdout
+    env["CI"] = ""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-o", "markers=real", str(tmp_path)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert "2 skipped" in r.stdout
