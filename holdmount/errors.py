@@ -28,6 +28,8 @@ class Exit(enum.IntEnum):
     PROTOCOL = 76  # the peer spoke nonsense
     NOPERM = 77  # permission denied
     CONFIG = 78  # configuration error: systemd must not restart us in a loop
+    CANNOT_EXEC = 126  # shell convention: the command exists but could not be executed
+    NOT_FOUND = 127  # shell convention: the command was not found
 
 
 class Failure(Exception):

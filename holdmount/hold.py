@@ -194,7 +194,26 @@ def _explain(path: str, exc: OSError, timeout: float) -> Failure:
             "autofs` or the .automount unit, or raise --trigger-timeout",
             code=Exit.TEMPFAIL,
         )
+    if exc.errno in (errno.ENOENT, errno.EHOSTDOWN, errno.ENODEV):
+        trigger = _autofs_trigger_for(path)
+        if trigger is not None:
+            return Failure(
+                f"open({path}): {os.strerror(exc.errno or 0)} (autofs trigger on "
+                f"{trigger}: the automount did not mount)",
+                hint="the automount daemon behind this trigger is gone or has no map entry "
+                "for it: check `systemctl status autofs` or the .automount unit and its journal",
+                code=Exit.UNAVAILABLE,
+            )
     return os_failure("open", path, exc)
+
+
+def _autofs_trigger_for(path: str) -> str | None:
+    """The autofs mount point that `path` is (direct) or lies under (indirect), if any."""
+    try:
+        mount = MountTable.read().containing(path)
+    except OSError:
+        return None
+    return mount.mount_point if mount is not None and mount.is_autofs else None
 
 
 def take(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,

@@ -130,10 +130,9 @@ class MountTable:
         best_len = -1
         for m in self.mounts:
             mp = m.mount_point
-            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= best_len:
-                if len(mp) > best_len:
-                    best = self.top_at(mp)
-                    best_len = len(mp)
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > best_len:
+                best = self.top_at(mp)
+                best_len = len(mp)
         return best
 
     def is_real_mounted(self, mount_point: str) -> bool:

@@ -75,10 +75,10 @@ def spawn(command: Sequence[str]) -> int:
         return os.posix_spawnp(command[0], list(command), os.environ,
                                setsigmask=(), setsigdef=FORWARDED | {signal.SIGCHLD})
     except OSError as e:
-        code = 127 if e.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        missing = e.errno in (errno.ENOENT, errno.ENOTDIR)
         raise Failure(f"execvp({command[0]}): {os.strerror(e.errno or 0)}",
-                      hint="check the command name and PATH", code=Exit(code)
-                      if code in Exit._value2member_map_ else Exit.UNAVAILABLE) from e
+                      hint="check the command name and PATH",
+                      code=Exit.NOT_FOUND if missing else Exit.CANNOT_EXEC) from e
 
 
 def wait_forwarding(pid: int) -> int:

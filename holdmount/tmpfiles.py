@@ -139,9 +139,9 @@ def excluding_rules(rules: Iterable[Rule], path: str) -> list[Rule]:
     path = os.path.normpath(path)
     out = []
     for rule in rules:
-        if rule.type == "x" and any(rule.matches(a) for a in _self_and_ancestors(path)):
-            out.append(rule)
-        elif rule.type == "X" and rule.matches(path):
+        covers = ((rule.type == "x" and any(rule.matches(a) for a in _self_and_ancestors(path)))
+                  or (rule.type == "X" and rule.matches(path)))
+        if covers:
             out.append(rule)
     return out
 

@@ -44,14 +44,15 @@ class AutofsLab:
              "automount", "-f", "-d", "-C", "-t", str(timeout), "-p", str(base / "am.pid"),
              str(master)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.proc.pid
+        self.pid = self.proc.pid  # the automount daemon
+        self.ns_pid = self.pid  # a process inside the namespace (see keep_namespace)
         if not wait_for(lambda: all(self.trigger_present(n) for n in self.mp), 15):
             self.stop()
             raise RuntimeError(f"automount did not set up its triggers: {self.log_text()}")
 
     # --- looking at the namespace ----------------------------------------------------------
     def table(self) -> MountTable:
-        return MountTable.read(self.pid)
+        return MountTable.read(self.ns_pid)
 
     def trigger_present(self, name: str) -> bool:
         return any(m.is_autofs for m in self.table().at(self.mp[name]))
@@ -73,7 +74,7 @@ class AutofsLab:
 
     # --- running things inside it ------------------------------------------------------------
     def cmd(self, args: Sequence[str]) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-m", "--", *args]
+        return ["nsenter", "-t", str(self.ns_pid), "-m", "--", *args]
 
     def run(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         kw.setdefault("capture_output", True)
@@ -89,6 +90,15 @@ class AutofsLab:
         import sys
 
         return self.run([sys.executable, "-c", code, *args], **kw)
+
+    def keep_namespace(self) -> None:
+        """Start a process that keeps the namespace alive even if the daemon dies."""
+        keeper = self.popen(["sleep", "3600"])
+        # nsenter execs sleep in place once it has joined the namespace
+        assert wait_for(lambda: os.readlink(f"/proc/{keeper.pid}/ns/mnt")
+                        == os.readlink(f"/proc/{self.pid}/ns/mnt"), 5)
+        self.keeper = keeper
+        self.ns_pid = keeper.pid
 
     # --- teardown --------------------------------------------------------------------------
     def stop(self) -> None:
