@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 # Types whose age field makes --clean remove old entries below the path.
 AGE_TYPES = frozenset("dDevqQC")
 EXCLUDE_TYPES = frozenset("xX")
 DEFAULT_AGE_BY = "abcmABM"  # systemd 252's default when a rule names no age-by letters
+DEFAULT_AGE_BY_FILE = "abcm"
+DEFAULT_AGE_BY_DIR = "ABM"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +54,30 @@ class Rule:
         age = self.age.lstrip("~")
         return age.split(":", 1)[1] if ":" in age else age
 
+    @property
+    def effective_age_by(self) -> tuple[str, str]:
+        """(letters for files, letters for directories) as systemd 252 applies them: lower case
+        letters set the file times, upper case the directory times (A, B, M; ctime is never
+        used for directories); a side given no letters keeps its default (abcm / ABM)."""
+        letters = self.age_by
+        files = "".join(c for c in letters if c in "abcm")
+        dirs = "".join(c for c in letters if c in "ABM")
+        return (files or DEFAULT_AGE_BY_FILE, dirs or DEFAULT_AGE_BY_DIR)
+
+    @property
+    def shallow_kept(self) -> bool:
+        """`~` before the age: entries directly inside the directory are kept, deeper ones
+        are aged."""
+        return self.age.startswith("~")
+
     def matches(self, path: str) -> bool:
         """The rule's path (a glob for some types) names exactly `path`."""
         return fnmatch.fnmatchcase(path, self.path) if _is_glob(self.path) else path == self.path
 
     def as_dict(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "age_by": self.age_by, "age_span": self.age_span}
+        files, dirs = self.effective_age_by
+        return {**dataclasses.asdict(self), "age_by": self.age_by, "age_span": self.age_span,
+                "age_by_files": files, "age_by_dirs": dirs}
 
 
 def _is_glob(path: str) -> bool:
@@ -152,3 +173,134 @@ def _self_and_ancestors(path: str) -> list[str]:
         path = os.path.dirname(path)
         out.append(path)
     return out
+
+
+# --- what protects a path from a rule ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Flock:
+    """One BSD flock from /proc/locks (device as major/minor, inode)."""
+
+    pid: int
+    write: bool
+    major: int
+    minor: int
+    ino: int
+
+
+def read_flocks(text: str | None = None) -> list[Flock]:
+    """Granted FLOCK locks from /proc/locks. Its device field is MAJOR:MINOR in hex, then the
+    inode in decimal (`08:01:1234`); blocked waiters (`->` lines) hold nothing."""
+    if text is None:
+        try:
+            with open("/proc/locks", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return []
+    out: list[Flock] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, ino = fields[5].split(":")
+            out.append(Flock(pid=int(fields[4]), write=fields[3] == "WRITE",
+                             major=int(major, 16), minor=int(minor, 16), ino=int(ino)))
+        except ValueError:
+            continue
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    """A cleaning rule that reaches `path`, and what (if anything) exempts it."""
+
+    rule: Rule
+    directory: str  # the directory the rule ages, as seen by us (root prefix applied)
+    names_path: bool  # the rule names `path` itself: its contents are aged, it stays
+    exempt: str | None  # why the path survives, or None
+    exempt_kind: str | None  # "exclude", "mount", "flock"
+    protect_dir: str | None  # a directory below the rule's, at or above `path`, to flock
+
+
+def coverage(rules: Sequence[Rule], path: str, *, root: str | None = None,
+             mount_points: Iterable[str] = (), flocks: Sequence[Flock] = (),
+             known: Mapping[str, os.stat_result] | None = None) -> list[Coverage]:
+    """Every cleaning rule that reaches `path` (absolute, symlinks resolved) and its verdict.
+
+    `root` is the --root that the rules are relative to; `mount_points` are the mount points
+    visible to us; `flocks` the held locks; `known` maps directories to stat results already taken
+    (a directory missing from it is lstat'ed here, unless the caller could not look at it)."""
+    path = os.path.normpath(path)
+    root = os.path.normpath(root) if root and root != "/" else None
+    rel = _strip_root(path, root)
+    if rel is None:
+        return []
+    mounts = {os.path.normpath(m) for m in mount_points}
+    held = {(f.major, f.minor, f.ino) for f in flocks}
+    out: list[Coverage] = []
+    for rule in cleaning_rules(rules, rel):
+        rdir = next(a for a in _self_and_ancestors(rel) if rule.matches(a))
+        real_dir = _apply_root(rdir, root)
+        chain = _below(rdir, rel)  # directories strictly below the rule's, down to path
+        exempt: str | None = None
+        kind: str | None = None
+        for excl in excluding_rules(rules, rel):
+            hit = [c for c in chain if excl.matches(c)]
+            if (excl.type == "x" and hit) or (excl.type == "X" and rel in hit):
+                exempt, kind = f"excluded by {excl.file}:{excl.line} ({excl.text})", "exclude"
+            if exempt:
+                break
+        if exempt is None:
+            for c in chain:
+                real = _apply_root(c, root)
+                if real in mounts:
+                    exempt, kind = (f"{real} is a mount point: systemd-tmpfiles never enters "
+                                    "another mount"), "mount"
+                    break
+        if exempt is None and held:
+            for c in chain:
+                real = _apply_root(c, root)
+                st = (known or {}).get(real)
+                if st is None and known is not None and real not in known:
+                    continue  # the caller did not (or could not) look there
+                if st is None:
+                    try:
+                        st = os.lstat(real)
+                    except OSError:
+                        continue
+                if not stat.S_ISDIR(st.st_mode):
+                    continue  # 252 honours locks on directories only
+                if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
+                    exempt = (f"{real} is flock()ed by another process: systemd-tmpfiles "
+                              "skips it and its subtree")
+                    kind = "flock"
+                    break
+        protect = _apply_root(chain[0], root) if chain else None
+        out.append(Coverage(rule=rule, directory=real_dir, names_path=not chain, exempt=exempt,
+                            exempt_kind=kind, protect_dir=protect))
+    return out
+
+
+def _strip_root(path: str, root: str | None) -> str | None:
+    if root is None:
+        return path
+    if path == root:
+        return "/"
+    if path.startswith(root + "/"):
+        return path[len(root):]
+    return None
+
+
+def _apply_root(path: str, root: str | None) -> str:
+    return path if root is None else os.path.normpath(root + "/" + path)
+
+
+def _below(directory: str, path: str) -> list[str]:
+    """Paths strictly below `directory` down to and including `path`, shallowest first."""
+    out = []
+    cur = path
+    while cur != directory and cur not in ("/", ""):
+        out.append(cur)
+        cur = os.path.dirname(cur)
+    return list(reversed(out))
