@@ -71,6 +71,67 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=_cmd_run)
 
 
+# --- merge ------------------------------------------------------------------------------------
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    import json
+
+    from holdmount.merge import merge_tree
+
+    summary = merge_tree(args.staged, args.dest, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(summary.line())
+    return 0
+
+
+def _add_merge(sub: Any) -> None:
+    p = sub.add_parser(
+        "merge", help="merge a staged tree into DEST by copy + atomic rename",
+        description="Copy every entry of STAGED into DEST through a temp file in the target's "
+        "own directory and rename it over the target: every DEST file is old or new at any "
+        "instant, running programs keep truthful /proc/PID/exe, nothing shares an inode with "
+        "STAGED. Rerun after a crash to finish and clean up.",
+    )
+    p.add_argument("staged", metavar="STAGED", help="the staged tree")
+    p.add_argument("dest", metavar="DEST", help="the directory to merge into")
+    p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_merge)
+
+
+# --- overlay ----------------------------------------------------------------------------------
+
+def _cmd_overlay_changes(args: argparse.Namespace) -> int:
+    import json
+
+    from holdmount.overlay import changes
+
+    result = changes(args.merged)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        for line in result.lines():
+            print(line)
+    return 0
+
+
+def _add_overlay(sub: Any) -> None:
+    p = sub.add_parser("overlay", help="overlayfs helpers",
+                       description="Questions about mounted overlayfs filesystems.")
+    osub = p.add_subparsers(dest="overlay_verb", metavar="COMMAND", parser_class=_Parser)
+    osub.required = True
+    c = osub.add_parser(
+        "changes", help="list what changed in a mounted overlay, from its upperdir only",
+        description="Walk only the upperdir of the overlay mounted on MERGED and list added "
+        "(A), modified/copied-up (M), deleted/whiteout (D), opaque (O) and renamed (R) paths.",
+    )
+    c.add_argument("merged", metavar="MERGED", help="the overlay's mount point")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=_cmd_overlay_changes)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_run(sub)
+    _add_merge(sub)
+    _add_overlay(sub)
     return parser
 
 
