@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import enum
 import errno
 import fcntl
 import os
@@ -246,6 +247,22 @@ def take(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
         release_all(holds)
         raise failure
     return holds
+
+
+class HoldState(enum.StrEnum):
+    HELD = "held"  # our mount is in the table and visible at its mount point
+    COVERED = "covered"  # still there, but something was mounted over it
+    LOST = "lost"  # detached (umount -l) or gone: the fd pins a mount nobody can see
+
+
+def state(info: HoldInfo, table: MountTable) -> HoldState:
+    """What became of a held mount, judged from a fresh mount table."""
+    if table.by_id(info.mnt_id) is None:
+        return HoldState.LOST
+    top = table.top_at(info.mount_point)
+    if top is not None and top.mnt_id != info.mnt_id:
+        return HoldState.COVERED
+    return HoldState.HELD
 
 
 def lock(fd: int, path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import select
 from collections.abc import Iterable, Mapping
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -150,3 +151,39 @@ class MountTable:
 
     def overlays(self) -> list[Mount]:
         return [m for m in self.mounts if m.fstype == "overlay"]
+
+
+class MountWatcher:
+    """Wakes up when the mount table changes — no polling.
+
+    The kernel flags /proc/PID/mountinfo with POLLPRI|POLLERR when the mount namespace's table
+    changes. `selectors` only knows read/write readiness, so the mountinfo fd is registered for
+    EPOLLPRI in a private epoll instance, whose own fd becomes *readable* when that happens:
+    register `watcher` (it has fileno()) with any selector for EVENT_READ, then call `read()`.
+    """
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self._file = open(f"/proc/{pid}/mountinfo", "rb", buffering=0)  # noqa: SIM115
+        self._epoll = select.epoll()
+        self._epoll.register(self._file.fileno(), select.EPOLLPRI | select.EPOLLERR)
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def pending(self) -> bool:
+        """True when the table changed since the last read() (does not block)."""
+        return bool(self._epoll.poll(0))
+
+    def read(self) -> MountTable:
+        """The current table; also acknowledges the change so the fd goes quiet again."""
+        self._epoll.poll(0)
+        self._file.seek(0)
+        chunks = []
+        while chunk := self._file.read(65536):
+            chunks.append(chunk)
+        text = b"".join(chunks).decode("utf-8", "surrogateescape")
+        return MountTable.parse(text.splitlines())
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._file.close()
