@@ -89,7 +89,11 @@ def _open_batch(paths: Sequence[str], deadline: float) -> tuple[dict[int, int | 
         code = 0
         try:
             parent.close()
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # The parent's Python signal handlers and wakeup fd must not run here: a SIGTERM
+            # sent to the whole cgroup would otherwise poke the daemon's loop from the helper.
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             _helper(paths, child)
         except BaseException:
             code = 1
