@@ -132,6 +132,40 @@ def _add_overlay(sub: Any) -> None:
     c.set_defaults(func=_cmd_overlay_changes)
 
 
+# --- doctor -----------------------------------------------------------------------------------
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from holdmount.doctor import Options, main
+
+    return main(args.paths, Options(
+        check_writable=args.check_writable,
+        trigger_timeout=args.trigger_timeout,
+        tmpfiles_root=args.tmpfiles_root,
+        systemd_address=args.systemd_address,
+    ), as_json=args.json)
+
+
+def _add_doctor(sub: Any) -> None:
+    p = sub.add_parser(
+        "doctor", help="say what will happen to a path, and what to do about it",
+        description="Diagnose each PATH: automount trigger, idle timeout and systemd unit; who "
+        "holds it; mount namespace; writability; systemd-tmpfiles age rules; overlay layers. "
+        "Never triggers an automount unless --check-writable is given. Exit status: 0 no "
+        "problems, 1 warnings, 2 problems.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--check-writable", action="store_true",
+                   help="trigger the automount (bounded) and create a file for real")
+    p.add_argument("--trigger-timeout", type=_span, default=10.0, metavar="SPAN",
+                   help="how long --check-writable's trigger may take (default 10s)")
+    p.add_argument("--tmpfiles-root", metavar="DIR",
+                   help="read tmpfiles.d below DIR (systemd-tmpfiles --root=DIR)")
+    p.add_argument("--systemd-address", metavar="ADDRESS",
+                   help="D-Bus address of systemd (e.g. unix:path=/run/systemd/private)")
+    p.set_defaults(func=_cmd_doctor)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_merge(sub)
     _add_overlay(sub)
+    _add_doctor(sub)
     return parser
 
 
