@@ -166,6 +166,93 @@ def _add_doctor(sub: Any) -> None:
     p.set_defaults(func=_cmd_doctor)
 
 
+# --- daemon -----------------------------------------------------------------------------------
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from holdmount import config
+
+    files = [] if args.no_config else (args.config or config.default_files())
+    return config.load(files, extra_holds=args.hold)
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    cfg = _load_config(args)
+    if args.allow_foreign_namespace:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
+            cfg.daemon, allow_foreign_namespace=True))
+    if args.check:
+        print(f"configuration OK ({', '.join(cfg.files) or 'no files'}): {len(cfg.holds)} "
+              f"holds, {len(cfg.actions)} actions, marker "
+              f"{cfg.marker.path if cfg.marker else 'none'}")
+        return 0
+    from holdmount.daemon import main
+
+    return main(cfg)
+
+
+def _add_daemon(sub: Any) -> None:
+    p = sub.add_parser(
+        "daemon", help="hold configured paths, watch the marker, finalize on SIGTERM",
+        description="Run as a systemd Type=notify service: hold the configured directories, "
+        "watch the marker, and on SIGTERM run the finalize actions while still holding. "
+        "Reads /etc/holdmount/holdmount.toml and /etc/holdmount/conf.d/*.toml (later wins). "
+        "Exit status 78 means a configuration error.",
+    )
+    p.add_argument("--config", action="append", metavar="FILE",
+                   help="read FILE instead of the default files; repeatable, later wins")
+    p.add_argument("--no-config", action="store_true",
+                   help="read no configuration file (only --hold)")
+    p.add_argument("--hold", action="append", default=[], metavar="DIR",
+                   help="also hold DIR (when=always); repeatable")
+    p.add_argument("--allow-foreign-namespace", action="store_true",
+                   help="run even when not in PID 1's mount namespace (tests, containers)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the configuration and exit (0 or 78)")
+    p.set_defaults(func=_cmd_daemon)
+
+
+# --- status / report --------------------------------------------------------------------------
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from holdmount.status import main
+
+    return main(as_json=args.json, socket=args.socket)
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser(
+        "status", help="what the daemon holds, the marker, the actions",
+        description="Ask the running daemon (over $HOLDMOUNT_SOCKET, default "
+        "/run/holdmount/control) for its holds, marker state and actions. Exit status 69 when "
+        "the daemon is not running.",
+    )
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    p.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
+    p.set_defaults(func=_cmd_status)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from holdmount.finalize import report
+
+    if args.stamp:
+        return report(args.stamp)
+    return report(_load_config(args).daemon.stamp)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="show the finalize failure of an earlier shutdown; fail if there is one",
+        description="Print the failure stamp the daemon wrote when an action failed (the stamp "
+        "path comes from the configuration) and exit 1; exit 0 when there is none. Run at boot "
+        "by holdmount-report.service.",
+    )
+    p.add_argument("--stamp", metavar="FILE", help="the stamp file (default: from the config)")
+    p.add_argument("--config", action="append", metavar="FILE", help="configuration file(s)")
+    p.set_defaults(func=_cmd_report, no_config=False, hold=[])
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(sub)
     _add_overlay(sub)
     _add_doctor(sub)
+    _add_daemon(sub)
+    _add_status(sub)
+    _add_report(sub)
     return parser
 
 

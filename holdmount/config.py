@@ -1,0 +1,446 @@
+"""The daemon's configuration: TOML files (tomllib) -> frozen dataclasses.
+
+Files: `/etc/holdmount/holdmount.toml`, then `/etc/holdmount/conf.d/*.toml` sorted by name; a
+missing main file is an empty one. Later files win, like systemd drop-ins:
+
+- tables (`[daemon]`, `[marker]`, `[control]`) merge key by key: a later file sets only the
+  keys it names;
+- `[[hold]]` entries are identified by `path` and `[[action]]` entries by `name`: a later entry
+  with the same identity updates the keys it names and keeps the first one's position (actions
+  run in that order); a new identity is appended. `exec` and `merge` are alternatives: setting
+  one drops the other. `enabled = false` removes an entry. Within one file an identity may
+  appear only once.
+
+Every error names the file and the key (`config(/etc/holdmount/holdmount.toml): action[2].timeout:
+invalid time span 'soon'`) and exits 78 (EX_CONFIG), so systemd does not restart in a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib.util
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from holdmount.errors import Exit, Failure
+from holdmount.hold import DEFAULT_TRIGGER_TIMEOUT
+from holdmount.timespan import parse_timespan
+
+CONFIG_DIR = Path("/etc/holdmount")
+MAIN_FILE = CONFIG_DIR / "holdmount.toml"
+DROPIN_DIR = CONFIG_DIR / "conf.d"
+DEFAULT_SOCKET = "/run/holdmount/control"
+SOCKET_ENV = "HOLDMOUNT_SOCKET"
+DEFAULT_STAMP = "/var/lib/holdmount/failure.stamp"
+DEFAULT_ACTION_TIMEOUT = 300.0
+
+
+class When(enum.StrEnum):
+    ALWAYS = "always"  # held / run regardless of the marker
+    STAGED = "staged"  # held only while the marker exists / run only when it exists at SIGTERM
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldConfig:
+    path: str
+    when: When = When.ALWAYS
+    protect: bool = False
+    origin: str = "<command line>"  # the file that defined it (for messages)
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeSpec:
+    source: str  # `from`: the staged tree
+    dest: str  # `to`: where it is merged
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionConfig:
+    name: str
+    exec: tuple[str, ...] | None = None
+    merge: MergeSpec | None = None
+    when: When = When.STAGED
+    timeout: float = DEFAULT_ACTION_TIMEOUT
+    origin: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "merge" if self.merge is not None else "exec"
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkerConfig:
+    path: str
+    # when this path exists at SIGTERM, `staged` actions are skipped (ostree's
+    # /run/ostree/staged-deployment-locked: the admin asked not to finalize this boot)
+    inhibit: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlConfig:
+    path: str = DEFAULT_SOCKET  # HOLDMOUNT_SOCKET in the environment overrides it
+    mode: int = 0o666  # status is public; ops that change anything check SO_PEERCRED
+    group: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    stamp: str = DEFAULT_STAMP
+    allow_foreign_namespace: bool = False
+    trigger_timeout: float = DEFAULT_TRIGGER_TIMEOUT
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = DaemonConfig()
+    control: ControlConfig = ControlConfig()
+    marker: MarkerConfig | None = None
+    holds: tuple[HoldConfig, ...] = ()
+    actions: tuple[ActionConfig, ...] = ()
+    files: tuple[str, ...] = ()  # what was read, in order
+
+    def socket_path(self, environ: Mapping[str, str] = os.environ) -> str:
+        return environ.get(SOCKET_ENV) or self.control.path
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def _fail(file: str, key: str, message: str, hint: str | None = None) -> Failure:
+    where = f"{key}: " if key else ""
+    return Failure(f"config({file}): {where}{message}",
+                   hint=hint or "fix the file; `holdmount daemon --check` validates it",
+                   code=Exit.CONFIG)
+
+
+class _Reader:
+    """Typed access to one TOML table; every error names the file and the dotted key."""
+
+    def __init__(self, file: str, prefix: str, table: Mapping[str, Any], allowed: Sequence[str]):
+        self.file = file
+        self.prefix = prefix
+        self.table = table
+        for key in table:
+            if key not in allowed:
+                raise _fail(file, self.key(key), "unknown key",
+                            hint=f"known keys here: {', '.join(allowed)}")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    def _typed(self, name: str, kind: type, what: str) -> Any:
+        value = self.table[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _fail(self.file, self.key(name),
+                        f"must be {what}, not {_toml_type(value)} {_show(value)}")
+        return value
+
+    def string(self, name: str) -> str:
+        value: str = self._typed(name, str, "a string")
+        if "\0" in value:
+            raise _fail(self.file, self.key(name), "contains a NUL character")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        value: bool = self._typed(name, bool, "true or false")
+        return value
+
+    def path(self, name: str) -> str:
+        value = self.string(name)
+        if not value.startswith("/"):
+            raise _fail(self.file, self.key(name), f"must be an absolute path, not {value!r}")
+        return os.path.normpath(value).replace("//", "/")
+
+    def span(self, name: str, *, positive: bool = True) -> float:
+        value = self.table[name]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            try:
+                seconds = parse_timespan(value)
+            except ValueError as e:
+                raise _fail(self.file, self.key(name), str(e),
+                            hint='use systemd time-span syntax, e.g. "90s", "5min", '
+                            '"1h 30min"') from None
+        else:
+            raise _fail(self.file, self.key(name), f"must be a time span like \"5min\", not "
+                        f"{_toml_type(value)} {_show(value)}")
+        if math.isnan(seconds) or math.isinf(seconds) or (positive and seconds <= 0) \
+                or seconds > 365 * 86400:
+            raise _fail(self.file, self.key(name),
+                        f"must be a finite time span > 0 and at most a year, not {_show(value)}")
+        return seconds
+
+    def when(self, name: str) -> When:
+        value = self.string(name)
+        try:
+            return When(value)
+        except ValueError:
+            raise _fail(self.file, self.key(name),
+                        f'must be "always" or "staged", not {value!r}') from None
+
+    def argv(self, name: str) -> tuple[str, ...]:
+        value = self._typed(name, list, "a list of strings")
+        if not value or not all(isinstance(v, str) and "\0" not in v for v in value):
+            raise _fail(self.file, self.key(name),
+                        'must be a non-empty list of strings, e.g. ["/usr/bin/true"]')
+        if not value[0].startswith("/"):
+            raise _fail(self.file, self.key(name),
+                        f"the program must be an absolute path, not {value[0]!r}",
+                        hint="the daemon does not search PATH at shutdown: name the program "
+                        "by its full path")
+        return tuple(value)
+
+    def table_(self, name: str) -> Mapping[str, Any]:
+        value: Mapping[str, Any] = self._typed(name, dict, "a table")
+        return value
+
+
+def _toml_type(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- one file -----------------------------------------------------------------------------------
+
+_TOP = ("daemon", "marker", "control", "hold", "action")
+_DAEMON = ("stamp", "allow_foreign_namespace", "trigger_timeout")
+_MARKER = ("path", "inhibit")
+_CONTROL = ("path", "mode", "group")
+_HOLD = ("path", "when", "protect", "enabled")
+_ACTION = ("name", "exec", "merge", "when", "timeout", "enabled")
+
+
+@dataclasses.dataclass
+class _Partial:
+    """Keys collected so far for one entry, with the file that set each."""
+
+    values: dict[str, Any]
+    origin: str
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise Failure(f"config({path}): {os.strerror(e.errno or 0) if e.errno else e}",
+                      hint="check the file's permissions (the daemon reads it as root)",
+                      code=Exit.CONFIG) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(path, "", f"not UTF-8 (byte {e.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _fail(path, "", f"TOML syntax error: {e}") from None
+
+
+def _array_of_tables(file: str, doc: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    value = doc.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _fail(file, name, f"must be an array of tables ([[{name}]]), not "
+                    f"{_toml_type(value)}")
+    return value
+
+
+class _Merger:
+    def __init__(self) -> None:
+        self.daemon: dict[str, Any] = {}
+        self.marker: dict[str, Any] = {}
+        self.marker_origin = ""
+        self.control: dict[str, Any] = {}
+        self.holds: dict[str, _Partial] = {}  # by path, in order of first appearance
+        self.actions: dict[str, _Partial] = {}  # by name
+
+    def add(self, file: str, doc: Mapping[str, Any]) -> None:
+        top = _Reader(file, "", doc, _TOP)
+        if top.has("daemon"):
+            r = _Reader(file, "daemon", top.table_("daemon"), _DAEMON)
+            if r.has("stamp"):
+                self.daemon["stamp"] = r.path("stamp")
+            if r.has("allow_foreign_namespace"):
+                self.daemon["allow_foreign_namespace"] = r.boolean("allow_foreign_namespace")
+            if r.has("trigger_timeout"):
+                self.daemon["trigger_timeout"] = r.span("trigger_timeout")
+        if top.has("marker"):
+            r = _Reader(file, "marker", top.table_("marker"), _MARKER)
+            for key in ("path", "inhibit"):
+                if r.has(key):
+                    self.marker[key] = r.path(key)
+            self.marker_origin = file
+        if top.has("control"):
+            self._control(_Reader(file, "control", top.table_("control"), _CONTROL))
+        seen: set[str] = set()
+        for index, entry in enumerate(_array_of_tables(file, doc, "hold"), 1):
+            r = _Reader(file, f"hold[{index}]", entry, _HOLD)
+            if not r.has("path"):
+                raise _fail(file, r.key("path"), "missing (every [[hold]] names a path)")
+            path = r.path("path")
+            if path in seen:
+                raise _fail(file, r.key("path"), f"duplicate hold {path!r} in one file")
+            seen.add(path)
+            values: dict[str, Any] = {"path": path}
+            if r.has("when"):
+                values["when"] = r.when("when")
+            if r.has("protect"):
+                values["protect"] = r.boolean("protect")
+            if r.has("enabled"):
+                values["enabled"] = r.boolean("enabled")
+            _update(self.holds, path, values, file)
+        names: set[str] = set()
+        for index, entry in enumerate(_array_of_tables(file, doc, "action"), 1):
+            r = _Reader(file, f"action[{index}]", entry, _ACTION)
+            if not r.has("name"):
+                raise _fail(file, r.key("name"), "missing (every [[action]] has a name)")
+            name = r.string("name")
+            if not name or not all(c.isalnum() or c in "-_.@" for c in name) or len(name) > 64:
+                raise _fail(file, r.key("name"), f"{name!r}: use 1-64 letters, digits, - _ . @")
+            if name in names:
+                raise _fail(file, r.key("name"), f"duplicate action name {name!r} in one file")
+            names.add(name)
+            values = {"name": name}
+            if r.has("exec") and r.has("merge"):
+                raise _fail(file, r.key("merge"), "an action has either exec or merge, not both")
+            if r.has("exec"):
+                values["exec"] = r.argv("exec")
+                values["merge"] = None
+            if r.has("merge"):
+                values["merge"] = _merge_spec(file, r.key("merge"), r.table_("merge"))
+                values["exec"] = None
+            if r.has("when"):
+                values["when"] = r.when("when")
+            if r.has("timeout"):
+                values["timeout"] = r.span("timeout")
+            if r.has("enabled"):
+                values["enabled"] = r.boolean("enabled")
+            _update(self.actions, name, values, file)
+
+    def _control(self, r: _Reader) -> None:
+        if r.has("path"):
+            self.control["path"] = r.path("path")
+        if r.has("mode"):
+            text = r.string("mode")
+            try:
+                mode = int(text, 8)
+            except ValueError:
+                mode = -1
+            if not 0 <= mode <= 0o777:
+                raise _fail(r.file, r.key("mode"), f'must be an octal mode like "0660", not '
+                            f"{text!r}")
+            self.control["mode"] = mode
+        if r.has("group"):
+            self.control["group"] = r.string("group")
+
+    def build(self, files: Sequence[str], extra_holds: Sequence[str]) -> Config:
+        marker = None
+        if self.marker:
+            if "path" not in self.marker:
+                raise _fail(self.marker_origin, "marker.path",
+                            "missing ([marker] needs a path)")
+            marker = MarkerConfig(**self.marker)
+        holds = [HoldConfig(**{k: v for k, v in p.values.items() if k != "enabled"},
+                            origin=p.origin)
+                 for p in self.holds.values() if p.values.get("enabled", True)]
+        for path in extra_holds:
+            if not path.startswith("/"):
+                raise Failure(f"daemon: --hold {path}: must be an absolute path",
+                              code=Exit.USAGE)
+            norm = os.path.normpath(path)
+            if all(h.path != norm for h in holds):
+                holds.append(HoldConfig(path=norm))
+        actions = []
+        for p in self.actions.values():
+            if not p.values.get("enabled", True):
+                continue
+            values = {k: v for k, v in p.values.items() if k != "enabled"}
+            name = values["name"]
+            if values.get("exec") is None and values.get("merge") is None:
+                raise _fail(p.origin, f"action[{name}].exec",
+                            "missing (an action runs a command: exec = [...], or merges a "
+                            "tree: merge = { from = ..., to = ... })")
+            actions.append(ActionConfig(**values, origin=p.origin))
+        if marker is None:
+            for h in holds:
+                if h.when is When.STAGED:
+                    raise _fail(h.origin, f"hold[{h.path}].when",
+                                '"staged" needs a marker: add [marker] path = "..."')
+            for a in actions:
+                if a.when is When.STAGED:
+                    raise _fail(a.origin, f"action[{a.name}].when",
+                                '"staged" needs a marker: add [marker] path = "..."')
+        for a in actions:
+            if a.merge is not None and not merge_available():
+                raise _fail(a.origin, f"action[{a.name}].merge",
+                            "this holdmount has no merge support (holdmount.merge missing)")
+        return Config(daemon=DaemonConfig(**self.daemon), control=ControlConfig(**self.control),
+                      marker=marker, holds=tuple(holds), actions=tuple(actions),
+                      files=tuple(files))
+
+
+def _update(entries: dict[str, _Partial], ident: str, values: dict[str, Any], file: str) -> None:
+    if ident in entries:
+        entries[ident].values.update(values)
+    else:
+        entries[ident] = _Partial(values, file)
+
+
+def _merge_spec(file: str, key: str, table: Mapping[str, Any]) -> MergeSpec:
+    r = _Reader(file, key, table, ("from", "to"))
+    for k in ("from", "to"):
+        if not r.has(k):
+            raise _fail(file, r.key(k), "missing (merge = { from = STAGED, to = DEST })")
+    return MergeSpec(source=r.path("from"), dest=r.path("to"))
+
+
+def merge_available() -> bool:
+    return importlib.util.find_spec("holdmount.merge") is not None
+
+
+# --- the set of files ---------------------------------------------------------------------------
+
+def default_files(main: Path = MAIN_FILE, dropins: Path = DROPIN_DIR) -> list[str]:
+    """The main file (when it exists) and the drop-ins, sorted by file name."""
+    files = [str(main)] if main.exists() else []
+    try:
+        names = sorted(p.name for p in dropins.iterdir() if p.name.endswith(".toml"))
+    except FileNotFoundError:
+        names = []
+    except OSError as e:
+        raise Failure(f"config({dropins}): {os.strerror(e.errno or 0)}",
+                      code=Exit.CONFIG) from None
+    files += [str(dropins / n) for n in names]
+    return files
+
+
+def load(files: Sequence[str], *, extra_holds: Sequence[str] = (),
+         reader: Callable[[str], dict[str, Any]] = _read_file) -> Config:
+    merger = _Merger()
+    for file in files:
+        merger.add(file, reader(file))
+    return merger.build(files, extra_holds)
+
+
+def loads(text: str, name: str = "<string>") -> Config:
+    """Parse one document (tests, fuzzing)."""
+
+    def reader(file: str) -> dict[str, Any]:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise _fail(file, "", f"TOML syntax error: {e}") from None
+
+    return load([name], reader=reader)

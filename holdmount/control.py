@@ -1,0 +1,369 @@
+"""The control socket: one JSON object per SOCK_SEQPACKET message, daemon side and client side.
+
+Protocol (version 1):
+
+- transport: AF_UNIX SOCK_SEQPACKET at /run/holdmount/control ($HOLDMOUNT_SOCKET overrides it
+  for the daemon and for clients). Message boundaries are kept by the kernel; one message is one
+  UTF-8 JSON object of at most 64 KiB. A connection may carry any number of requests; each gets
+  exactly one reply, in order. The daemon knows each connection's peer from SO_PEERCRED (pid, uid,
+  gid at connect time).
+- request: {"op": NAME, ...fields}; fds may ride along as SCM_RIGHTS (at most 16 per message).
+- reply: {"ok": true, ...fields} or {"ok": false, "error": "one line"}.
+- ops now: "ping" -> {"ok": true, "protocol": 1, "version": "..."}; "status" -> {"ok": true,
+  "status": {...}} (see holdmount.daemon.Daemon.status_dict).
+
+Handlers register by op name (`Server.register`), receive a `Request` (body, fds, peer,
+connection) and return the reply fields; raising `RequestError` answers {"ok": false}. The server
+closes every fd that arrived with a request after the handler returns: a handler that keeps one
+must dup it. `Server.on_disconnect` callbacks run when a connection closes (for holds tied to a
+client's connection).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import dataclasses
+import errno
+import grp
+import json
+import os
+import selectors
+import socket
+import stat
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from holdmount import __version__
+from holdmount.errors import Exit, Failure
+from holdmount.log import log
+
+PROTOCOL = 1
+MAX_MESSAGE = 64 * 1024
+MAX_FDS = 16
+MAX_CONNECTIONS = 128
+CLIENT_TIMEOUT = 60.0  # the daemon answers from its loop; a trigger may hold it up to 30 s
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class RequestError(Exception):
+    """A request the daemon refuses: becomes {"ok": false, "error": str(e)}."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, peer: Peer) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.id = sock.fileno()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    op: str
+    body: Mapping[str, Any]
+    fds: tuple[int, ...]
+    peer: Peer
+    connection: Connection
+
+
+Handler = Callable[[Request], Mapping[str, Any]]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  _UCRED.size))
+    return Peer(pid, uid, gid)
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Parse one message; ValueError with a one-line reason when it is not a JSON object."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"message is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"message is not JSON: {e.msg} at {e.pos}") from None
+    except RecursionError:
+        raise ValueError("message nests too deeply") from None
+    if not isinstance(obj, dict):
+        raise ValueError("message must be a JSON object")
+    return obj
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    """One message and its fds (received close-on-exec); flags tell truncation."""
+    fds = array.array("i")
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
+                                           socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags
+
+
+# --- daemon side --------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, path: str, selector: selectors.BaseSelector, *, mode: int = 0o666,
+                 group: str | None = None) -> None:
+        self.path = path
+        self.selector = selector
+        self.handlers: dict[str, Handler] = {"ping": self._ping}
+        self.connections: dict[int, Connection] = {}
+        self.on_disconnect: list[Callable[[Connection], None]] = []
+        self.sock = self._bind(path, mode, group)
+        self._bound_ino = os.stat(path).st_ino
+        selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+
+    def register(self, op: str, handler: Handler) -> None:
+        self.handlers[op] = handler
+
+    def _bind(self, path: str, mode: int, group: str | None) -> socket.socket:
+        gid = -1
+        if group is not None:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise Failure(f"getgrnam({group}): no such group (control.group)",
+                              code=Exit.CONFIG) from None
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise _os("mkdir", os.path.dirname(path), e) from e
+        self._remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+                             | socket.SOCK_NONBLOCK)
+        try:
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise _os("bind", path, e) from e
+        return sock
+
+    @staticmethod
+    def _remove_stale(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise Failure(f"bind({path}): exists and is not a socket",
+                          hint="remove it or point HOLDMOUNT_SOCKET / control.path elsewhere",
+                          code=Exit.CONFIG)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left behind by a daemon that died
+            return
+        finally:
+            probe.close()
+        raise Failure(f"bind({path}): another holdmount daemon is listening there",
+                      hint="stop it first, or give this one its own HOLDMOUNT_SOCKET",
+                      code=Exit.UNAVAILABLE)
+
+    def close(self) -> None:
+        for conn in list(self.connections.values()):
+            self._drop(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.sock)
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            # only our own socket: a successor may have bound a new one meanwhile
+            if os.stat(self.path).st_ino == self._bound_ino:
+                os.unlink(self.path)
+
+    def _on_accept(self, _mask: int) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log, keep serving the others
+                log.warning("accept(%s): %s", self.path, os.strerror(e.errno or 0))
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                log.warning("control: too many connections, refusing one")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                peer = peer_of(sock)
+            except OSError:
+                sock.close()
+                continue
+            conn = Connection(sock, peer)
+            self.connections[conn.id] = conn
+            self.selector.register(sock, selectors.EVENT_READ,
+                                   lambda mask, c=conn: self._on_message(c))
+
+    def _on_message(self, conn: Connection) -> None:
+        try:
+            data, fds, flags = _recv(conn.sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        try:
+            if not data and not fds:  # EOF (an empty message closes the connection too)
+                self._drop(conn)
+                return
+            reply = self._dispatch(conn, data, fds, flags)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._send(conn, reply)
+
+    def _dispatch(self, conn: Connection, data: bytes, fds: Sequence[int],
+                  flags: int) -> Mapping[str, Any]:
+        if flags & socket.MSG_TRUNC:
+            return _error(f"message larger than {MAX_MESSAGE} bytes")
+        if flags & socket.MSG_CTRUNC:
+            return _error(f"more than {MAX_FDS} fds in one message")
+        try:
+            body = decode(data)
+        except ValueError as e:
+            return _error(str(e))
+        op = body.get("op")
+        if not isinstance(op, str):
+            return _error('message has no "op" string')
+        handler = self.handlers.get(op)
+        if handler is None:
+            return _error(f"unknown op {op[:40]!r} (known: {', '.join(sorted(self.handlers))})")
+        try:
+            reply = dict(handler(Request(op, body, tuple(fds), conn.peer, conn)))
+        except RequestError as e:
+            return _error(str(e))
+        except Failure as e:
+            return _error(e.message)
+        except Exception as e:  # a bug in a handler must not take the daemon down
+            log.exception("control: op %s failed", op)
+            return _error(f"internal error: {type(e).__name__}: {e}")
+        reply.setdefault("ok", True)
+        return reply
+
+    def _send(self, conn: Connection, reply: Mapping[str, Any]) -> None:
+        data = encode(reply)
+        if len(data) > MAX_MESSAGE:
+            data = encode(_error(f"reply larger than {MAX_MESSAGE} bytes"))
+        try:
+            conn.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:  # peer gone or not reading its replies: drop it
+            self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        for callback in self.on_disconnect:
+            try:
+                callback(conn)
+            except Exception:
+                log.exception("control: disconnect callback failed")
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    @staticmethod
+    def _ping(_request: Request) -> Mapping[str, Any]:
+        return {"ok": True, "protocol": PROTOCOL, "version": __version__}
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def _os(call: str, path: str, e: OSError) -> Failure:
+    return Failure(f"{call}({path}): {os.strerror(e.errno or 0) if e.errno else e}",
+                   code=Exit.OSERR if e.errno not in (errno.EACCES, errno.EPERM)
+                   else Exit.NOPERM)
+
+
+# --- client side --------------------------------------------------------------------------------
+
+class Client:
+    """A connection to the daemon; use as a context manager. `call` returns the reply dict."""
+
+    def __init__(self, path: str, *, timeout: float = CLIENT_TIMEOUT) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as e:
+            self.sock.close()
+            raise Failure(
+                f"connect({path}): {os.strerror(e.errno or 0) if e.errno else e}: the holdmount "
+                "daemon is not running",
+                hint="start it (systemctl start holdmount.service) or point HOLDMOUNT_SOCKET at "
+                "its socket",
+                code=Exit.UNAVAILABLE) from None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def call(self, op: str, *, fds: Sequence[int] = (), **fields: Any) -> dict[str, Any]:
+        data = encode({"op": op, **fields})
+        if len(data) > MAX_MESSAGE:
+            raise Failure(f"{op}: request larger than {MAX_MESSAGE} bytes", code=Exit.USAGE)
+        try:
+            if fds:
+                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            array.array("i", fds).tobytes())])
+            else:
+                self.sock.send(data)
+            reply, _ancdata, flags, _ = self.sock.recvmsg(MAX_MESSAGE + 1)
+        except TimeoutError:
+            raise Failure(f"recv({self.path}): the daemon did not answer {op!r} in time",
+                          hint="it may be triggering a hung automount; see journalctl -u "
+                          "holdmount", code=Exit.TEMPFAIL) from None
+        except OSError as e:
+            raise Failure(f"send({self.path}): {os.strerror(e.errno or 0)}",
+                          code=Exit.UNAVAILABLE) from None
+        if not reply:
+            raise Failure(f"recv({self.path}): the daemon closed the connection",
+                          code=Exit.UNAVAILABLE)
+        if flags & socket.MSG_TRUNC:
+            raise Failure(f"recv({self.path}): reply too large", code=Exit.PROTOCOL)
+        try:
+            return decode(reply)
+        except ValueError as e:
+            raise Failure(f"recv({self.path}): {e}", code=Exit.PROTOCOL) from None
+
+
+def request(path: str, op: str, **fields: Any) -> dict[str, Any]:
+    """One request on a fresh connection; a reply with ok=false becomes a Failure."""
+    with Client(path) as client:
+        reply = client.call(op, **fields)
+    if reply.get("ok") is not True:
+        raise Failure(f"{op}: {reply.get('error', 'the daemon refused')}", code=Exit.FAILURE)
+    return reply

@@ -1,0 +1,103 @@
+"""sd_notify(3) on the stdlib: READY, STATUS, STOPPING, EXTEND_TIMEOUT_USEC, WATCHDOG, FDSTORE.
+
+The protocol is one datagram of newline-separated KEY=VALUE lines to the AF_UNIX socket named by
+$NOTIFY_SOCKET (a leading "@" means the abstract namespace), with fds attached as SCM_RIGHTS for
+FDSTORE=1. Unlike the `sdnotify` package, errors are reported (returned and logged), the text is
+UTF-8, and fds can be passed. Without $NOTIFY_SOCKET every call is a no-op that returns False.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+
+from holdmount.log import log
+
+# Variables that belong to this process only: never hand them to children.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+               "LISTEN_FDNAMES")
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        addr = environ.get("NOTIFY_SOCKET", "")
+        self.address: str | None = ("\0" + addr[1:]) if addr.startswith("@") else (addr or None)
+        self.watchdog_usec = _watchdog_usec(environ)
+        self._sock: socket.socket | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, *fields: str, fds: Sequence[int] = ()) -> bool:
+        if self.address is None:
+            return False
+        message = "\n".join(fields).encode("utf-8")
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            if fds:
+                self._sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                bytes(_fd_array(fds)))], 0, self.address)
+            else:
+                self._sock.sendto(message, self.address)
+        except OSError as e:
+            log.warning("sd_notify(%s): %s", self.address.replace("\0", "@"),
+                        os.strerror(e.errno or 0) if e.errno else e)
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.send("READY=1", *([f"STATUS={_line(status)}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={_line(text)}")
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.send("STOPPING=1", *([f"STATUS={_line(status)}"] if status else []))
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for `seconds` more before the start/stop timeout fires (counted from now)."""
+        return self.send(f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1_000_000))}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def fdstore(self, fd: int, name: str) -> bool:
+        return self.send("FDSTORE=1", f"FDNAME={name}", fds=[fd])
+
+    def fdstore_remove(self, name: str) -> bool:
+        return self.send("FDSTOREREMOVE=1", f"FDNAME={name}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
+    """WATCHDOG_USEC, when it is meant for this process (WATCHDOG_PID unset or ours)."""
+    pid = environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec if usec > 0 else None
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fd_array(fds: Sequence[int]) -> bytes:
+    import array
+
+    return array.array("i", fds).tobytes()
+
+
+def child_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment for a child process: ours without the service-manager variables."""
+    return {k: v for k, v in environ.items() if k not in PRIVATE_ENV}

@@ -1,0 +1,80 @@
+"""`holdmount status`: ask the daemon over the control socket and render its answer."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from holdmount import control
+from holdmount.config import DEFAULT_SOCKET, SOCKET_ENV
+
+
+def socket_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def main(*, as_json: bool = False, socket: str | None = None) -> int:
+    reply = control.request(socket_path(socket), "status")
+    status = reply.get("status", {})
+    if as_json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        for line in render(status):
+            print(line)
+    return 0
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, (int, float)):
+        return "?"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render(s: Mapping[str, Any]) -> list[str]:
+    ns = s.get("host_mount_namespace")
+    out = [f"holdmount daemon {s.get('version', '?')}, pid {s.get('pid', '?')}: "
+           f"{s.get('state', '?')}"
+           + (f" (running action {s['finalizing']})" if s.get("finalizing") else ""),
+           "mount namespace: " + ("PID 1's (host)" if ns is True else
+                                  "FOREIGN: not PID 1's — holds do not keep host automounts "
+                                  "alive" if ns is False else "unknown (cannot read /proc/1)")]
+    marker = s.get("marker")
+    if marker:
+        extra = ""
+        if marker.get("inhibit"):
+            extra = (f"; {marker['inhibit']} exists: staged actions will be skipped"
+                     if marker.get("inhibited") else "")
+        out.append(f"marker: {marker.get('state', '?')} ({marker.get('path')}"
+                   f"{'' if marker.get('present') else ', absent'}){extra}")
+    else:
+        out.append("marker: none configured")
+    holds = s.get("holds", [])
+    out.append(f"holds: {len(holds)}")
+    for h in holds:
+        head = f"  {h.get('path')} [{h.get('when')}]"
+        if h.get("held"):
+            out.append(f"{head}: {h.get('fstype')} from {h.get('source')} on "
+                       f"{h.get('mount_point')}{', automount' if h.get('automount') else ''}"
+                       f"{', protected' if h.get('protected') else ''}, since "
+                       f"{_when(h.get('since'))}")
+        elif h.get("error"):
+            out.append(f"{head}: NOT HELD: {h['error']}")
+        else:
+            out.append(f"{head}: not held (waiting for the marker)")
+    actions = s.get("actions", [])
+    out.append(f"actions: {len(actions)} (run in this order at SIGTERM)")
+    for a in actions:
+        what = " ".join(a["argv"]) if a.get("argv") else \
+            f"merge {a['merge']['source']} -> {a['merge']['dest']}" if a.get("merge") else "?"
+        last = a.get("last")
+        result = "not run yet" if not last else \
+            f"{'ok' if last.get('ok') else 'FAILED'} ({last.get('when')}): {last.get('status')}"
+        out.append(f"  {a.get('name')} [{a.get('when')}, timeout {a.get('timeout'):g}s]: "
+                   f"{what} — last: {result}")
+    stamp = s.get("stamp") or {}
+    if stamp.get("exists"):
+        out.append(f"failure stamp: {stamp.get('path')} exists (see `holdmount report`)")
+    return out
