@@ -72,7 +72,13 @@ class Rule:
 
     def matches(self, path: str) -> bool:
         """The rule's path (a glob for some types) names exactly `path`."""
-        return fnmatch.fnmatchcase(path, self.path) if _is_glob(self.path) else path == self.path
+        if not _is_glob(self.path):
+            return path == self.path
+        # glob(3) as systemd-tmpfiles expands it: a wildcard never matches a "/"
+        want = self.path.split("/")
+        have = path.split("/")
+        return len(want) == len(have) and all(
+            fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=True))
 
     def as_dict(self) -> dict[str, object]:
         files, dirs = self.effective_age_by
