@@ -78,9 +78,18 @@ def _machine_name(name: str) -> str:
     return f"hm-{clean}-{uuid.uuid4().hex[:6]}"
 
 
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[@-Z\\-_])")  # CSI sequences and ESC M etc.
+
+
+def _clean_console(raw: str) -> str:
+    """Console text without colour codes and the pty's CR (and the blank lines they make)."""
+    text = _ANSI.sub("", raw).replace("\r", "")
+    return re.sub(r"\n{2,}", "\n", text)
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
-        text = path.read_text(errors="replace")
+        text = _clean_console(path.read_text(errors="replace"))
     except OSError as e:
         return f"(no console log: {e})"
     return text if len(text) <= limit else "...\n" + text[-limit:]
@@ -112,6 +121,9 @@ class Container:
         self.machine = _machine_name(name)
         self.binds = list(binds)
         self.extra_args = list(extra_args)  # options only: init_args follow them
+        # read-only, not the recipe's pipe: with pipe the container has no /dev/console and
+        # systemd's stdio is /dev/null, so the console log would hold nspawn's own errors only.
+        self.console_mode = "read-only"
         self.init_args = ["systemd.show_status=yes"]
         self.cgroup = Cgroup(f"nspawn-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)[:40]}")
         self.base = Path(tempfile.mkdtemp(prefix="holdmount-nspawn-"))
@@ -208,6 +220,8 @@ class Container:
         mid = subprocess.run(["systemd-id128", "new"], capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
         self.write_file("/etc/machine-id", mid + "\n")
+        # the host's /etc/hostname would name the container like the host in every journal line
+        self.write_file("/etc/hostname", self.machine + "\n")
         self.path("/var/log/journal").mkdir(parents=True, exist_ok=True)
         # The host's own enabled timers (apt-daily, fstrim, man-db, ...) must not run in here.
         host_timers = Path(UNIT_DIR) / "timers.target.wants"
@@ -267,7 +281,7 @@ class Container:
         self._console = open(self.console_log, "wb")  # noqa: SIM115 - closed in _reap()
         args = ["nsenter", "-t", str(self.keeper_pid), "-m", "--",
                 "systemd-nspawn", "-D", str(self.ns_dir / "root"), "-M", self.machine,
-                "--boot", "--register=no", "--keep-unit", "--console=pipe",
+                "--boot", "--register=no", "--keep-unit", f"--console={self.console_mode}",
                 "--link-journal=no", "--bind=/dev/autofs",
                 *(f"--bind={b}" for b in self.binds), *self.extra_args,
                 # arguments for the container's systemd (parsed like a kernel command line):
@@ -310,18 +324,42 @@ class Container:
     def _nsenter(self, args: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.init_pid), "-m", "-p", "-u", "-i", "--", *args]
 
-    def _run_in(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        kw.setdefault("capture_output", True)
-        kw.setdefault("timeout", 60)
+    def _run_in(self, args: Sequence[str], *, input: str | None = None, timeout: float = 60,
+                check: bool = False, capture_output: bool = True,
+                **kw: Any) -> subprocess.CompletedProcess[str]:
+        """subprocess.run for nsenter + ARGS, in our cgroup and a session of its own.
+
+        nsenter -p forks: on a timeout, killing nsenter alone would leave its child running in
+        the container, so the whole process group is killed.
+        """
+        if capture_output:
+            kw.setdefault("stdout", subprocess.PIPE)
+            kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("env", _env())
-        kw["text"] = True
-        return self.cgroup.run(self._nsenter(args), **kw)
+        kw["stdin"] = subprocess.PIPE if input is not None else kw.get("stdin", subprocess.DEVNULL)
+        cmd = self._nsenter(args)
+        with self.cgroup.popen(cmd, text=True, start_new_session=True, **kw) as p:
+            try:
+                out, err = p.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                out, err = p.communicate()
+                raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+        r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+        if check:
+            r.check_returncode()
+        return r
 
     def exec(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (nsenter -m -p -u -i into PID 1's namespaces).
 
-        Text, output captured, timeout=60 unless given; other keywords go to subprocess.run
-        (check=True, input=..., timeout=...). The process is in our cgroup, not the container's.
+        Text, output captured, stdin /dev/null, timeout=60 unless given (on timeout the command is
+        SIGKILLed and subprocess.TimeoutExpired raised); keywords: input=, timeout=, check=,
+        capture_output=, and Popen's (env=, stdout=, ...). The process runs in our cgroup (not in
+        the container's) and in a session of its own.
         """
         return self._run_in(args, **kw)
 
@@ -449,8 +487,10 @@ class Container:
         return r.stdout
 
     def console(self) -> str:
-        """The console output of the current (or last) boot."""
-        return self.console_log.read_text(errors="replace") if self.console_log else ""
+        """The console output of the current (or last) boot (colour codes and CRs removed)."""
+        if self.console_log is None:
+            return ""
+        return _clean_console(self.console_log.read_text(errors="replace"))
 
     def cleanup(self) -> None:
         """Stop the container if running (SIGKILL, our cgroup only), drop the mounts, remove.

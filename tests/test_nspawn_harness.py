@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container
+from nspawn import Container, ContainerError
 from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
 
 pytestmark = [pytest.mark.nspawn]
@@ -44,6 +44,13 @@ def _host_mounts_mentioning(text: str) -> list[str]:
             if text in line]
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
     c = container_factory("boot")
     c.boot()
@@ -67,6 +74,10 @@ def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
     # the container lives in our cgroup's payload, never in a host cgroup of its own
     cg = Path(f"/proc/{c.init_pid}/cgroup").read_text()
     assert f"/{c.cgroup.name}/payload" in cg, cg
+    # a command that times out is killed, not left running in the container
+    with pytest.raises(subprocess.TimeoutExpired):
+        c.exec(["sleep", "1000"], timeout=1)
+    assert c.wait_for(lambda: "sleep" not in {_comm(p) for p in c.cgroup.pids()}, 10)
     # nothing of the container is mounted in the host's namespace
     assert _host_mounts_mentioning(str(c.base)) == []
     assert not _host_mounts_mentioning("holdmount-nspawn")
@@ -155,7 +166,7 @@ def test_cleanup_leaves_nothing(container_factory: Factory) -> None:
 _CRASHER = """
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from nspawn import Container
+from nspawn import Container, ContainerError
 c = Container("crash")
 c.boot()
 c.exec(["sh", "-c", "nohup sleep 1000 >/dev/null 2>&1 &"])
@@ -190,7 +201,7 @@ def test_crashed_test_process_leaves_no_processes_or_mounts(tmp_path: Path) -> N
 
 def test_boot_failure_reports_console_and_leaves_no_process(container_factory: Factory) -> None:
     c = container_factory("badboot", extra_args=["--bind=/nonexistent-hmtest-src:/x"])
-    with pytest.raises(Exception, match="console") as e:
+    with pytest.raises(ContainerError, match="console") as e:
         c.boot(timeout=30)
     assert "nonexistent-hmtest-src" in str(e.value)
     assert not c.running
@@ -199,3 +210,15 @@ def test_boot_failure_reports_console_and_leaves_no_process(container_factory: F
     c.extra_args.clear()
     c.boot()
     assert c.poweroff() == 0
+
+
+def test_boot_timeout_reports_console_and_kills(container_factory: Factory) -> None:
+    slow = "[Service]\nType=oneshot\nExecStart=/bin/sleep 600\n"
+    c = container_factory("slowboot", units={"hmtest-slow.service": slow},
+                          wants=["hmtest-slow.service"])
+    with pytest.raises(ContainerError, match="did not finish within 3") as e:
+        c.boot(timeout=3)
+    assert "hmtest-slow.service" in str(e.value)  # the console tail is in the message
+    assert "Welcome to" in c.console()
+    assert not c.running
+    assert c.cgroup.pids() == {c.keeper_pid}
