@@ -10,20 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import test_merge_nslab as _lab
 from conftest import holdmount_cmd
-from test_merge_nslab import (  # noqa: F401  (fixtures)
-    NsLab,
-    cgroup,
-    link_groups,
-    nslab,
-    snapshot,
-    temps,
-    walk,
-)
+from test_merge_nslab import NsLab, link_groups, snapshot, temps, walk
 
 from holdmount import merge
 from holdmount.errors import Exit, Failure
 from holdmount.merge import is_temp_name, merge_tree, temp_name
+
+cgroup = _lab.cgroup  # the shared fixture
+nslab = _lab.nslab  # the shared fixture
 
 
 def make_staged(root: Path) -> None:

@@ -15,14 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_merge_nslab as _lab
 from sandbox import Cgroup
-from test_merge_nslab import NsLab, cgroup, nslab, walk  # noqa: F401  (fixtures)
+from test_merge_nslab import NsLab, walk
 
 from holdmount.merge import merge_tree
 
 pytestmark = pytest.mark.real
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
+
+cgroup = _lab.cgroup  # the shared fixture
+nslab = _lab.nslab  # the shared fixture
 
 
 def exe(pid: int) -> str:
