@@ -758,46 +758,24 @@ def _unroot(path: str, root: str | None) -> str:
     return path[len(root):] or "/" if path.startswith(root + "/") or path == root else path
 
 
-def overlay_layers(m: Mount) -> list[tuple[str, str]]:
-    """(role, directory) of an overlay mount's layers from its options (`\\:` escapes a
-    colon inside a lowerdir entry; `::` separates data-only layers)."""
-    opts = m.options
-    out: list[tuple[str, str]] = []
-    for role in ("upperdir", "workdir"):
-        if opts.get(role):
-            out.append((role, os.path.normpath(opts[role])))
-    lower = opts.get("lowerdir", "")
-    current = ""
-    i = 0
-    while i < len(lower):
-        ch = lower[i]
-        if ch == "\\" and i + 1 < len(lower):
-            current += lower[i + 1]
-            i += 2
-            continue
-        if ch == ":":
-            if current:
-                out.append(("lowerdir", os.path.normpath(current)))
-            current = ""
-        else:
-            current += ch
-        i += 1
-    if current:
-        out.append(("lowerdir", os.path.normpath(current)))
-    return out
-
-
 def _overlay_hits(w: Walk, table: MountTable) -> list[tuple[Mount, str, str]]:
-    """(overlay mount, role, layer dir). The overlay module's guard also matches a layer reached
-    through another path (by device and inode), but it resolves and stats the path: use it only
-    when the walk reached the end (nothing left that could trigger an automount)."""
-    if w.error is None and w.stopped_at is None:
-        from holdmount import overlay
+    """(overlay mount, role, layer dir) for each layer `w.resolved` lies in. Layers are read by
+    the overlay module (lowerdir=, lowerdir+=, datadir+=, upperdir=, workdir=). A path inside the
+    overlay's own mount point is in the merged view, not in a layer — and the layer paths in
+    mountinfo are the mounter's, which for an overlay on `/` (a container's root made from
+    lowerdir=/) name directories of another mount namespace: matching those would flag every
+    path. So paths under the merged mount point never match; the check is lexical on the
+    resolved path (no stat, so it cannot trigger anything)."""
+    from holdmount import overlay
 
-        hit = overlay.overlay_layer_of(w.resolved, table)
-        return [] if hit is None else [(hit[0].mount, hit[1], hit[2])]
-    return [(m, role, layer) for m in table.overlays() for role, layer in overlay_layers(m)
-            if _under(w.resolved, layer) and not _under(w.resolved, m.mount_point)]
+    out: list[tuple[Mount, str, str]] = []
+    for m in table.overlays():
+        if _under(w.resolved, m.mount_point):
+            continue
+        for role, layer in overlay.layers(m).roles():
+            if os.path.isabs(layer) and _under(w.resolved, os.path.normpath(layer)):
+                out.append((m, role, layer))
+    return out
 
 
 def _overlay_findings(w: Walk, table: MountTable) -> list[Finding]:

@@ -86,10 +86,19 @@ def test_walk_stops_at_an_unmounted_trigger(tmp_path: Path) -> None:
     assert w.stopped_at is None and w.st is not None
 
 
-def test_overlay_layers_unescape_colons() -> None:
-    [ov] = TABLE.overlays()
-    assert doctor.overlay_layers(ov) == [("upperdir", "/up"), ("workdir", "/wk"),
-                                         ("lowerdir", "/l1"), ("lowerdir", "/l:2")]
+def test_overlay_hits() -> None:
+    def hits(path: str) -> list[tuple[str, str]]:
+        w = doctor.Walk(path, path, None, None, None, None, {})
+        return [(role, layer) for _m, role, layer in doctor._overlay_hits(w, TABLE)]
+
+    assert hits("/up/x") == [("upperdir", "/up")]
+    assert hits("/l:2/y") == [("lowerdir", "/l:2")]  # "\\:" escapes a colon in lowerdir=
+    assert hits("/wk") == [("workdir", "/wk")]
+    assert hits("/merged/up/x") == [] and hits("/upper") == []
+    root_overlay = MountTable.parse([
+        "1 0 0:50 / / rw - overlay overlay rw,lowerdir=/,upperdir=/ns/upper,workdir=/ns/work\n"])
+    w = doctor.Walk("/srv/x", "/srv/x", None, None, None, None, {})
+    assert doctor._overlay_hits(w, root_overlay) == []  # a container's root: not a layer
 
 
 def _report(*sev: Severity) -> Report:
