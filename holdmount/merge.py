@@ -533,8 +533,21 @@ def merge_tree(staged: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                dry_run: bool = False) -> MergeSummary:
     """Merge the tree STAGED into DEST (see the module docstring). Raises `Failure`."""
     staged_s, dest_s = os.fspath(staged), os.fspath(dest)
+    if os.path.islink(dest_s) and os.path.isdir(dest_s):
+        dest_s = os.path.realpath(dest_s)  # DEST named through a symlink: merge into its target
     root_st = _check_inputs(staged_s, dest_s)
     _guard(staged_s, dest_s)
+    # one merge into a DEST at a time, and the temp files we find are not a live merge's
+    lock_fd = _lock(dest_s) if not dry_run and os.path.isdir(dest_s) else None
+    try:
+        return _merge(staged_s, dest_s, root_st, dry_run=dry_run, lock_fd=lock_fd)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _merge(staged_s: str, dest_s: str, root_st: os.stat_result, *, dry_run: bool,
+           lock_fd: int | None) -> MergeSummary:
     plan = _plan(staged_s, dest_s, root_st)
     summary = MergeSummary(
         staged=staged_s, dest=dest_s, dry_run=dry_run,
@@ -555,7 +568,7 @@ def merge_tree(staged: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     root = plan.items[0]
     if root.op == _Op.MKDIR:
         w.mkdir(root)
-    lock_fd = _lock(dest_s)
+    own_lock = _lock(dest_s) if lock_fd is None else None  # DEST was only just created
     try:
         for rel in plan.temps:
             w.remove_temp(rel)
@@ -572,7 +585,8 @@ def merge_tree(staged: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 w.dirmeta(item)
         w.fsync_dirs()
     finally:
-        os.close(lock_fd)
+        if own_lock is not None:
+            os.close(own_lock)
     return summary
 
 

@@ -277,3 +277,31 @@ def test_no_space_midway_leaves_old_or_new(nslab: NsLab, tmp_path: Path,
     nslab.sh(f"mount -o remount,size=16m '{small}'")
     merge_tree(staged, dest)
     assert_equal_trees(staged, dest)
+
+
+def test_one_merge_per_dest_at_a_time(tmp_path: Path) -> None:
+    import fcntl
+
+    staged, dest = tmp_path / "staged", tmp_path / "dest"
+    make_staged(staged)
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running merge holds
+        with pytest.raises(Failure) as exc:
+            merge_tree(staged, dest)
+        assert exc.value.code == Exit.TEMPFAIL
+        assert exc.value.message == f"flock({dest}): another merge into DEST is running"
+        assert list(dest.iterdir()) == []
+    finally:
+        os.close(fd)
+
+
+def test_dest_named_through_a_symlink(tmp_path: Path) -> None:
+    staged, real = tmp_path / "staged", tmp_path / "real"
+    make_staged(staged)
+    real.mkdir()
+    os.symlink("real", tmp_path / "alias")
+    merge_tree(staged, tmp_path / "alias")
+    assert (tmp_path / "alias").is_symlink()
+    assert_equal_trees(staged, real)
