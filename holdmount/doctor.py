@@ -108,15 +108,19 @@ def control_socket() -> str:
 
 
 def probe_daemon(socket_path: str, path: str) -> DaemonView:
-    """Does the holdmount daemon hold `path`? Uses `holdmount.control.holds_for(socket_path,
-    path) -> bool | None` when that exists; otherwise only tells whether a daemon listens."""
+    """Does the holdmount daemon hold `path`? Asks it over its control socket (SOCK_SEQPACKET,
+    JSON; holdmount.control) with `status` and looks for a hold on `path` or an ancestor in the
+    answer. A `holdmount.control.holds_for(socket_path, path) -> bool | None`, when it exists,
+    takes precedence: the wire-up point for the daemon's author. (A daemon that holds a mount
+    keeps an fd on it, so the busy scan in the Holds section also lists it.)"""
     if not os.path.exists(socket_path):
         return DaemonView(False, False, f"the holdmount daemon is not running (no control "
                                         f"socket {socket_path})")
-    try:  # written by the daemon's author; wire-up point for doctor
-        holds_for = getattr(importlib.import_module("holdmount.control"), "holds_for", None)
+    try:
+        control: Any = importlib.import_module("holdmount.control")
     except ImportError:
-        holds_for = None
+        control = None
+    holds_for = getattr(control, "holds_for", None)
     if holds_for is not None:
         try:
             answer = holds_for(socket_path, path)
@@ -126,17 +130,62 @@ def probe_daemon(socket_path: str, path: str) -> DaemonView:
                           "the holdmount daemon " + ("holds it" if answer else
                                                      "does not hold it" if answer is not None
                                                      else "runs (hold unknown)"))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    request = getattr(control, "request", None)
+    if request is not None:
+        try:
+            reply = request(socket_path, "status")
+        except Failure as e:
+            return DaemonView(False, False, f"{e.message} (the daemon is not answering)")
+        except (OSError, ValueError) as e:
+            return DaemonView(False, False, f"status({socket_path}): {e}")
+        held = status_holds(reply.get("status"), path)
+        what = {True: "holds it", False: "does not hold it",
+                None: "runs (its status names no holds doctor understands)"}[held]
+        return DaemonView(True, held, f"the holdmount daemon ({socket_path}) {what}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(2)
     try:
         sock.connect(socket_path)
     except OSError as e:
-        return DaemonView(False, False, f"connect({socket_path}): {os.strerror(e.errno or 0)} "
-                                        "(stale socket: the daemon is not running)")
+        if e.errno != errno.EPROTOTYPE:
+            return DaemonView(False, False, f"connect({socket_path}): "
+                              f"{os.strerror(e.errno or 0)} (stale socket: the daemon is not "
+                              "running)")
     finally:
         sock.close()
-    return DaemonView(True, None, f"a holdmount daemon listens on {socket_path} (this version of "
-                                  "doctor cannot ask it which paths it holds)")
+    return DaemonView(True, None, f"something listens on {socket_path} (this doctor cannot ask "
+                                  "it which paths it holds)")
+
+
+_HOLD_KEYS = ("path", "resolved", "mount_point")
+
+
+def status_holds(status: Any, path: str) -> bool | None:
+    """Whether a daemon status (any JSON shape) lists a hold on `path` or an ancestor: dicts
+    inside a list under a key containing "hold", with a path/resolved/mount_point string."""
+    found_list = False
+    held = False
+
+    def visit(node: Any, in_holds: bool) -> None:
+        nonlocal found_list, held
+        if isinstance(node, dict):
+            if in_holds:
+                for key in _HOLD_KEYS:
+                    value = node.get(key)
+                    if isinstance(value, str) and value.startswith("/") and \
+                            _under(path, os.path.normpath(value)):
+                        held = True
+            for key, value in node.items():
+                holds_key = "hold" in str(key).lower()
+                if holds_key and isinstance(value, list):
+                    found_list = True
+                visit(value, in_holds or holds_key)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item, in_holds)
+
+    visit(status, False)
+    return True if held else (False if found_list else None)
 
 
 # --- options -------------------------------------------------------------------------------------

@@ -122,7 +122,17 @@ def test_check_writable_triggers_through_the_hold(autofs: AutofsLab) -> None:
 def test_dead_automount_daemon(autofs: AutofsLab) -> None:
     mp = autofs.mp["a"]
     keeper = autofs.popen(["sleep", "300"])  # keeps the lab's namespace after the daemon dies
+    lab_ns = os.readlink(f"/proc/{autofs.pid}/ns/mnt")
+
+    def keeper_inside() -> bool:
+        try:
+            return Path(f"/proc/{keeper.pid}/comm").read_text().strip() == "sleep" and \
+                os.readlink(f"/proc/{keeper.pid}/ns/mnt") == lab_ns
+        except OSError:
+            return False
+
     try:
+        assert wait_for(keeper_inside, 15), "keeper did not enter the lab's namespace"
         os.kill(autofs.pid, signal.SIGKILL)
         autofs.proc.wait()
         data = lab_doctor(autofs, mp, pid=keeper.pid)

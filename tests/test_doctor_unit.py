@@ -257,13 +257,51 @@ def test_daemon_probe(tmp_path: Path) -> None:
     s.close()
     v = doctor.probe_daemon(str(stale), "/x")
     assert not v.running and "stale" in v.detail
-    live = tmp_path / "live"
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(live))
+
+
+def test_status_holds_shapes() -> None:
+    status = {"holds": [{"path": "/boot", "mnt_id": 3}, {"path": "/var/tmp/job"}]}
+    assert doctor.status_holds(status, "/boot") is True
+    assert doctor.status_holds(status, "/boot/efi/x") is True
+    assert doctor.status_holds(status, "/var/tmp") is False
+    assert doctor.status_holds({"units": {"holds": [{"resolved": "/srv"}]}}, "/srv/a") is True
+    assert doctor.status_holds({"pid": 1}, "/x") is None
+    assert doctor.status_holds(None, "/x") is None
+
+
+def test_daemon_probe_over_seqpacket(tmp_path: Path) -> None:
+    """A daemon-like SOCK_SEQPACKET server answering ping/status with JSON."""
+    import threading
+
+    path = tmp_path / "control"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(str(path))
     srv.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                while msg := conn.recv(65536):
+                    op = json.loads(msg)["op"]
+                    body = {"ok": True, "protocol": 1} if op == "ping" else \
+                        {"ok": True, "status": {"holds": [{"path": "/boot"}]}}
+                    conn.send(json.dumps(body).encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
     try:
-        v = doctor.probe_daemon(str(live), "/x")
+        v = doctor.probe_daemon(str(path), "/boot")
         assert v.running
+        try:
+            import holdmount.control  # noqa: F401
+        except ImportError:
+            return  # without the client module doctor only sees that something listens
+        assert v.holds is True, v
+        assert doctor.probe_daemon(str(path), "/srv").holds is False
     finally:
         srv.close()
 
