@@ -1,0 +1,1 @@
+"""holdmount's benchmark harness: `bench/run [--quick]` (see bench/README.md)."""
