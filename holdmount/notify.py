@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from holdmount.log import log
 
 # Variables that belong to this process only: never hand them to children.
+SEND_TIMEOUT = 5.0  # a service manager that does not drain its socket must not stall our loop
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                "LISTEN_FDNAMES")
 
@@ -37,11 +38,16 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.settimeout(SEND_TIMEOUT)
             if fds:
                 self._sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                 bytes(_fd_array(fds)))], 0, self.address)
             else:
                 self._sock.sendto(message, self.address)
+        except TimeoutError:
+            log.warning("sd_notify(%s): not taken within %gs, dropped: %s",
+                        self.address.replace("\0", "@"), SEND_TIMEOUT, message[:60])
+            return False
         except OSError as e:
             log.warning("sd_notify(%s): %s", self.address.replace("\0", "@"),
                         os.strerror(e.errno or 0) if e.errno else e)
