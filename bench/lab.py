@@ -209,6 +209,11 @@ class Lab:
         self.base = Path(tempfile.mkdtemp(prefix="holdmount-bench-"))
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=8g", "bench",
                         str(self.base)], check=True)
+        # A fresh /run for this namespace only: ostree's peer needs /run/ostree-booted, and
+        # nothing here may touch the host's /run.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "bench-run", "/run"],
+                       check=True)
+        Path("/run/ostree-booted").touch()
         self.procs = Procs()
         self.keep = keep
         self._seq = 0

@@ -1,0 +1,109 @@
+"""P5 marker created -> armed.
+
+Observable: the daemon's STATUS= notify message that says "marker armed". The daemon sends it
+from its arm step *after* it has taken the marker's `staged` holds, so it is the daemon's own
+statement that arming is complete, pushed the moment it is true; the harness sits blocked in
+recv() on its NOTIFY_SOCKET listener and reads CLOCK_MONOTONIC when recv() returns. Rejected:
+polling the control socket (the poll interval and the request itself, answered by the same
+loop, land in the number) and polling /proc/PID/fd for the new hold (busy polling on 2 cores
+slows the daemon it watches; and it says nothing without staged holds).
+
+t0: CLOCK_MONOTONIC just before the harness creates the marker (open O_CREAT|O_EXCL + close).
+Then the marker is removed and the harness waits for "marker disarmed" before the next sample.
+Variants: no staged hold (inotify -> state), and one staged hold on a plain directory (plus
+the hold engine: a helper process opens it and passes the fd back).
+
+Peer (the floor for a Python inotify watcher): python3 with inotify_simple on the marker's
+directory that, on the event, lstat()s the marker and sends STATUS=armed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from bench.lab import PY, Daemon, Lab, Notify, daemon_config, now_ns, notify_socket
+from bench.report import Row, fmt, median, ms, p99, ratio
+
+PEER = """
+import os, select, socket, sys
+from inotify_simple import INotify, flags
+marker = sys.argv[1]
+ino = INotify()
+ino.add_watch(os.path.dirname(marker), flags.CREATE | flags.DELETE | flags.MOVED_TO
+              | flags.MOVED_FROM)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = os.environ["NOTIFY_SOCKET"]
+s.sendto(b"READY=1", addr)
+armed = False
+while True:
+    select.select([ino], [], [])
+    ino.read(timeout=0)
+    now = os.path.lexists(marker)
+    if now != armed:
+        armed = now
+        s.sendto(b"STATUS=marker " + (b"armed" if now else b"disarmed"), addr)
+"""
+
+
+def _status(word: str) -> Callable[[dict[str, str]], bool]:
+    return lambda m: f"marker {word}" in m.get("STATUS", "")
+
+
+def _samples(notify: Notify, marker: str, runs: int, proc_alive: Callable[[], bool]) \
+        -> list[float]:
+    out: list[float] = []
+    for i in range(runs + 1):  # sample 0 warms up and is dropped
+        notify.drain()
+        t0 = now_ns()
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        t1 = notify.wait(_status("armed"), 30)
+        if t1 is None:
+            raise RuntimeError(f"P5: no 'marker armed' (alive: {proc_alive()})")
+        os.unlink(marker)
+        if notify.wait(_status("disarmed"), 30) is None:
+            raise RuntimeError("P5: no 'marker disarmed'")
+        if i:
+            out.append(ms(t1 - t0))
+    return out
+
+
+def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
+    results: dict[str, list[float]] = {}
+    with notify_socket(lab, "p5-notify") as notify:
+        for variant in ("no staged hold", "1 staged hold"):
+            work = lab.dir("p5")
+            marker_dir = work / "run"
+            marker_dir.mkdir()
+            marker = str(marker_dir / "staged-deployment")
+            held = work / "boot"
+            held.mkdir()
+            holds = [(str(held), "staged")] if variant == "1 staged hold" else []
+            cfg = daemon_config(work / "holdmount.toml", holds=holds, marker=marker,
+                                actions=[("finalize", ["/bin/true"], "staged")])
+            d = Daemon(lab, cfg, notify)
+            d.wait_ready(60)
+            results[variant] = _samples(notify, marker, runs, lambda: d.proc.poll() is None)
+            d.stop()
+        work = lab.dir("p5-peer")
+        marker = str(work / "staged-deployment")
+        env = dict(lab.env, NOTIFY_SOCKET=str(notify.path))
+        peer = lab.procs.start([PY, "-c", PEER, marker], env=env)
+        if notify.wait(lambda m: m.get("READY") == "1", 30, peer) is None:
+            raise RuntimeError("P5 peer did not start")
+        results["peer"] = _samples(notify, marker, runs, lambda: peer.poll() is None)
+        lab.procs.stop(peer)
+    progress("P5: " + ", ".join(f"{k}: median {median(v):.3f} ms p99 {p99(v):.3f} ms"
+                                for k, v in results.items()))
+    p, pp = median(results["peer"]), p99(results["peer"])
+    out: list[Row] = []
+    for variant in ("no staged hold", "1 staged hold"):
+        v = results[variant]
+        out.append(Row("P5", f"marker created → STATUS armed, {variant}, median of {runs}",
+                       fmt(median(v), "ms"), f"python3 inotify watcher: {fmt(p, 'ms')}",
+                       ratio(median(v), p), "≤ 1 ms", median(v) <= 1.0, {"ms": v}))
+        out.append(Row("P5", f"… p99 of {runs}", fmt(p99(v), "ms"),
+                       f"python3 inotify watcher: {fmt(pp, 'ms')}", ratio(p99(v), pp), "—",
+                       None, {}))
+    out[0].data["peer_ms"] = results["peer"]
+    return out
