@@ -24,7 +24,7 @@ from test_merge_nslab import NsLab, entry, link_groups, snapshot, temps, walk
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-DIRS = 30
+DIRS = 25
 FILES_PER_DIR = 100
 MIN_KILLS = 50
 
@@ -87,24 +87,28 @@ def test_kill_nine_at_random_points(nslab: NsLab, tmp_path: Path) -> None:
     h_old, h_staged, h_dest = nslab.path(old), nslab.path(staged), nslab.path(dest)
     build(h_old, h_staged, rnd)
     old_snap, new_snap = snapshot(h_old), snapshot(h_staged)
-    assert len(new_snap) + len(old_snap) > 4000
+    assert len(new_snap) + len(old_snap) > 4000  # old and new: ~2700 paths in all
 
     def reset() -> None:
         nslab.sh(f"rm -rf '{dest}' && cp -a '{old}' '{dest}'")
 
+    changing = {p for p in new_snap if old_snap.get(p) != new_snap[p]
+                and not stat.S_ISDIR(new_snap[p][0])}
+
     def check_old_or_new() -> int:
-        n_temps = 0
+        """Asserts every file is old or new; returns how many entries that change are new."""
+        n_new = 0
         for rel, st in walk(h_dest):
             if os.path.basename(rel).startswith(".holdmount-merge."):
-                n_temps += 1
                 continue
             if stat.S_ISDIR(st.st_mode):
                 continue
             got = entry(str(h_dest / rel), st)
             assert got in (old_snap.get(rel), new_snap.get(rel)), f"torn or foreign: {rel}"
+            n_new += rel in changing and got == new_snap[rel]
         for rel in old_snap:  # merge never deletes
             assert os.path.lexists(h_dest / rel), rel
-        return n_temps
+        return n_new
 
     def check_complete() -> None:
         got = snapshot(h_dest)
@@ -121,21 +125,31 @@ def test_kill_nine_at_random_points(nslab: NsLab, tmp_path: Path) -> None:
     full = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     check_complete()
+    # a rerun with nothing to do: start-up and planning, before the first write
+    t0 = time.monotonic()
+    assert nslab.run(merge_argv(staged, dest)).returncode == 0
+    before_writing = min(time.monotonic() - t0, full)
 
-    kills = attempts = temps_seen = 0
+    kills = attempts = 0
+    midway: list[float] = []  # kills that stopped a merge with part of DEST written
     while kills < MIN_KILLS and attempts < 4 * MIN_KILLS:
         reset()
-        for _ in range(5):  # kills pile up: each rerun starts from the last crash's leftovers
+        for _ in range(2):  # kills pile up: each rerun starts from the last crash's leftovers
             attempts += 1
             p = nslab.popen(merge_argv(staged, dest), stdout=subprocess.DEVNULL)
-            time.sleep(rnd.uniform(0, full))
+            # half the kill points anywhere, half where the writing happens
+            time.sleep(rnd.uniform(0 if attempts % 2 else before_writing / 2, full))
             p.send_signal(signal.SIGKILL)
-            if p.wait() == -signal.SIGKILL:
-                kills += 1
-            temps_seen += check_old_or_new()
+            killed = p.wait() == -signal.SIGKILL
+            kills += killed
+            done = check_old_or_new() / len(changing)
+            if killed and 0 < done < 1:
+                midway.append(done)
         r = nslab.run(merge_argv(staged, dest))
         assert r.returncode == 0, r.stderr
         check_complete()
-    print(f"full merge {full:.2f}s; {kills} kills landed in {attempts} attempts; "
-          f"{temps_seen} leftover temp files seen after kills")
+    print(f"full merge {full:.2f}s, no-op merge {before_writing:.2f}s; "
+          f"{kills} kills landed in {attempts} attempts; "
+          f"{len(midway)} stopped it midway, at {sorted(round(x, 3) for x in midway)}")
     assert kills >= MIN_KILLS
+    assert len(midway) >= MIN_KILLS // 5  # the kill points do cover the writing
