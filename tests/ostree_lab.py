@@ -25,6 +25,7 @@ Caching: the ostree repository with the lab's commits is built once per test ses
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -49,6 +50,12 @@ OSTREE_STAMP = "/boot/ostree/finalize-failure.stamp"
 OSTREE_PATH_UNIT = "ostree-finalize-staged.path"
 OSTREE_FINALIZE_UNIT = "ostree-finalize-staged.service"
 OSTREE_HOLD_UNIT = "ostree-finalize-staged-hold.service"
+PACKAGING = REPO / "packaging" / "ostree"
+HOLDMOUNT = str(REPO / ".venv" / "bin" / "holdmount")
+# holdmount's units come from the checkout's units/; this variable points the tests at another
+# directory (e.g. a distribution's /usr/lib/systemd/system) to check the integration against it
+UNITS_ENV = "HOLDMOUNT_TEST_UNITS_DIR"
+HOLDMOUNT_STAMP = "/var/lib/holdmount/failure.stamp"  # the daemon's default ([daemon] stamp)
 WORKDIR = Path("/var/tmp")  # on the root fs: the deployment must be a real directory tree
 BOOTED_UNIT = "ostree-lab-booted.service"
 
@@ -317,6 +324,33 @@ def sysroot_factory(lab_repo: LabRepo) -> Iterator[Callable[[], Sysroot]]:
     yield make
     for s in made:
         s.remove()
+
+
+# --- holdmount in the container ----------------------------------------------------------------
+
+def holdmount_units() -> dict[str, str]:
+    """holdmount.service (+ holdmount-report.service) with ExecStart= on the checkout's venv."""
+    d = Path(os.environ.get(UNITS_ENV) or REPO / "units")
+    service = d / "holdmount.service"
+    if not service.exists():
+        pytest.skip(f"{service} does not exist yet (issue 3)")
+    units = {}
+    for name in ("holdmount.service", "holdmount-report.service"):
+        p = d / name
+        if p.exists():
+            units[name] = re.sub(r"(?m)^(Exec\w*=[-+!@:]*)/usr/s?bin/holdmount\b",
+                                 rf"\g<1>{HOLDMOUNT}", p.read_text())
+    return units
+
+
+def switch_on(c: OstreeContainer) -> str:
+    """What an admin does (docs/ostree.md), offline on the deployment's /etc: the unit drop-in
+    (under /etc: the container's /usr is the host's, read-only), then `holdmount-ostree-switch
+    on` (config, masks of ostree's three units, enable)."""
+    c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
+                 (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
+    r = run([str(PACKAGING / "holdmount-ostree-switch"), "on", f"--root={c.deployment}"])
+    return r.stdout + r.stderr
 
 
 # --- one cycle: boot, stage, wait, power off ---------------------------------------------------

@@ -1,0 +1,243 @@
+"""holdmount in place of ostree's finalize units, on a real staged deployment (issue 9).
+
+Debian's ostree 2022.7 in systemd-nspawn (tests/ostree_lab.py), /boot an automount with
+TimeoutIdleSec=2s, the integration switched on as docs/ostree.md says (packaging/ostree: config,
+holdmount.service drop-in, ostree-finalize-staged.path/.service/-hold.service masked):
+- the fix: stage, wait past the idle timeout, power off -> finalized; the action ran while /boot
+  was mounted and holdmount stopped before /boot was unmounted; /boot is held only while staged;
+- `--lock-finalization` -> nothing finalized, holdmount exits clean;
+- a finalize that fails (the staged deployment's kernel removed) -> holdmount's stamp, and at the
+  next boot of the same sysroot holdmount's report (and ostree's own boot-complete) fail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from nspawn import container_factory as _factory  # noqa: F401  (registers the fixture)
+from ostree_lab import (
+    FINALIZE_TIMEOUT_DROPIN,
+    HOLDMOUNT,
+    HOLDMOUNT_STAMP,
+    KVER,
+    LOCK,
+    MARKER,
+    OSTREE_FINALIZE_UNIT,
+    OSTREE_HOLD_UNIT,
+    OSTREE_PATH_UNIT,
+    REF_BASE,
+    REF_NEXT,
+    OstreeContainer,
+    Sysroot,
+    Timings,
+    holdmount_units,
+    ostree_available,
+    switch_on,
+)
+from ostree_lab import lab_repo as _repo  # noqa: F401
+from ostree_lab import sysroot_factory as _sysroots  # noqa: F401
+
+pytestmark = [pytest.mark.nspawn]
+if not ostree_available():
+    pytestmark.append(pytest.mark.skip(reason="ostree / ostree-boot not installed "
+                                              "(run scripts/setup)"))
+
+WAIT = 5.0  # 2.5x the automount's idle timeout
+ACTION = "ostree-finalize-staged"  # the action's name in packaging/ostree/holdmount-ostree.toml
+# A second staged action, after ostree's: records what /boot is while the actions run.
+RECORD_CONF = ("/etc/holdmount/conf.d/90-lab.toml", """\
+[[action]]
+name = "lab-record-boot"
+exec = ["/bin/sh", "-c", "grep ' /boot ' /proc/self/mountinfo; ls /boot/loader/entries"]
+when = "staged"
+timeout = "10s"
+""")
+
+
+def _container(name: str, sysroot: Sysroot, **kw: object) -> OstreeContainer:
+    c = OstreeContainer(
+        name, sysroot, units=holdmount_units(),
+        # ostree-system-generator pulls in the .path and ostree-boot-complete on a real ostree
+        # boot: pulled in here too, so the masks are what keeps ostree's units out
+        wants=["holdmount.service", OSTREE_PATH_UNIT, "ostree-boot-complete.service",
+               *(["holdmount-report.service"] if "holdmount-report.service"
+                 in holdmount_units() else [])],
+        files=dict([FINALIZE_TIMEOUT_DROPIN, RECORD_CONF]), **kw)  # type: ignore[arg-type]
+    out = switch_on(c)
+    for unit in (OSTREE_PATH_UNIT, OSTREE_FINALIZE_UNIT, OSTREE_HOLD_UNIT):
+        assert str(c.path(f"/etc/systemd/system/{unit}").readlink()) == "/dev/null", out
+    return c
+
+
+def _status(c: OstreeContainer) -> dict[str, object]:
+    r = c.exec([HOLDMOUNT, "status", "--json"])
+    assert r.returncode == 0, r.stderr
+    data: dict[str, object] = json.loads(r.stdout)
+    return data
+
+
+def _index(lines: list[str], needle: str, after: int = -1) -> int:
+    for i, line in enumerate(lines):
+        if i > after and needle in line:
+            return i
+    return -1
+
+
+def _shutdown_lines(c: OstreeContainer) -> list[str]:
+    return c.journal("-b", "-o", "short-monotonic").splitlines()
+
+
+def test_holdmount_finalizes_staged_deployment(sysroot_factory: Callable[[], Sysroot]) -> None:
+    s = sysroot_factory()
+    c = _container("hm-ostree-fix", s)
+    t = Timings()
+    try:
+        t0 = time.monotonic()
+        c.boot()
+        t.boot = time.monotonic() - t0
+        assert c.systemctl("is-active", "holdmount.service").stdout.strip() == "active", \
+            c.journal("-b", "-u", "holdmount.service")
+        for unit in (OSTREE_PATH_UNIT, OSTREE_FINALIZE_UNIT, OSTREE_HOLD_UNIT):
+            assert c.systemctl("is-enabled", unit).stdout.strip() == "masked"
+
+        # nothing staged: /boot is not held, it expires on its own
+        c.exec(["ls", "/boot/loader/entries"], check=True)
+        assert c.boot_mounted()
+        t0 = time.monotonic()
+        assert c.wait_for(lambda: not c.boot_mounted(), 3 * WAIT), \
+            "/boot stayed mounted with nothing staged"
+        expired = time.monotonic() - t0
+        st = _status(c)
+        assert st["marker"]["state"] == "disarmed"  # type: ignore[index]
+
+        # staged: holdmount arms and holds /boot past the idle timeout
+        t0 = time.monotonic()
+        c.stage()
+        t.stage = time.monotonic() - t0
+        assert c.exec(["test", "-e", MARKER]).returncode == 0
+        assert c.wait_for(c.boot_mounted, WAIT), "holdmount did not mount /boot after staging"
+        t0 = time.monotonic()
+        time.sleep(WAIT)
+        assert c.boot_mounted(), "/boot expired although a deployment is staged"
+        st = _status(c)
+        assert st["marker"]["state"] == "armed"  # type: ignore[index]
+        boot_hold = [h for h in st["holds"] if h["path"] == "/boot"]  # type: ignore[attr-defined]
+        assert boot_hold and boot_hold[0]["held"], st
+        t.wait = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        c.poweroff(timeout=180)
+        t.poweroff = time.monotonic() - t0
+        print("\n" + t.line("holdmount in place of ostree's units")
+              + f"; /boot expired {expired:.1f}s after its last use with nothing staged")
+
+        entries = s.loader_entries()
+        lines = _shutdown_lines(c)
+        hm = [ln for ln in lines if "holdmount" in ln or "boot.mount" in ln]
+        assert [e.commit for e in entries] == [s.lab.commits[REF_NEXT], s.lab.commits[REF_BASE]], (
+            f"{entries}\n{s.status()}\n" + "\n".join(hm[-40:]))
+        assert s.status_commits() == [s.lab.commits[REF_NEXT], s.lab.commits[REF_BASE]]
+
+        # the journal: the actions ran while /boot was mounted, holdmount stopped before the
+        # unmount of /boot
+        stopping = _index(lines, "Stopping holdmount.service")
+        action_done = _index(lines, f"action {ACTION}", stopping)
+        record = _index(lines, "]: lab-record-boot: ", stopping)  # its output, not "action ..."
+        stopped = _index(lines, "Stopped holdmount.service", stopping)
+        unmounting = _index(lines, "Unmounting boot.mount", stopping)
+        print("\n".join(ln for ln in lines[stopping:] if "holdmount" in ln or "boot" in ln))
+        assert -1 not in (stopping, record, stopped, unmounting), "\n".join(hm[-40:])
+        assert stopping < record < stopped < unmounting, "\n".join(hm[-40:])
+        assert action_done == -1 or action_done < stopped
+        # what the recording action saw: a real mount on the autofs trigger at /boot, and the
+        # two loader entries ostree had just written there
+        output = [ln.split("]: lab-record-boot: ", 1)[1] for ln in lines[record:stopped]
+                  if "]: lab-record-boot: " in ln]
+        boot_mounts = [o.split(" - ", 1)[1].split()[0] for o in output
+                       if " /boot " in o and " - " in o]
+        assert "autofs" in boot_mounts and any(f != "autofs" for f in boot_mounts), output
+        assert sorted(o for o in output if o.endswith(".conf")) == \
+            ["ostree-1-debian.conf", "ostree-2-debian.conf"], output
+        assert not c.path(HOLDMOUNT_STAMP).exists()
+        assert not any("holdmount.service: Failed" in ln for ln in lines)
+    finally:
+        c.cleanup()
+
+
+def test_holdmount_respects_lock_finalization(sysroot_factory: Callable[[], Sysroot]) -> None:
+    s = sysroot_factory()
+    c = _container("hm-ostree-locked", s)
+    try:
+        t0 = time.monotonic()
+        c.boot()
+        boot = time.monotonic() - t0
+        t0 = time.monotonic()
+        c.stage("--lock-finalization")
+        stage = time.monotonic() - t0
+        assert c.exec(["test", "-e", LOCK]).returncode == 0, "ostree wrote no lock file"
+        t0 = time.monotonic()
+        c.poweroff(timeout=180)
+        print(f"\n[ostree cycle] holdmount, --lock-finalization: boot {boot:.1f}s, "
+              f"stage {stage:.1f}s, poweroff {time.monotonic() - t0:.1f}s")
+        lines = _shutdown_lines(c)
+        hm = [ln for ln in lines if "holdmount" in ln]
+        assert [e.commit for e in s.loader_entries()] == [s.lab.commits[REF_BASE]], \
+            "\n".join(hm[-30:])
+        assert any(f"action {ACTION}: skipped" in ln and LOCK in ln for ln in lines), \
+            "\n".join(hm[-30:])
+        assert not any("holdmount.service: Failed" in ln or "holdmount.service: Main process "
+                       "exited, code=exited, status=" in ln for ln in lines), "\n".join(hm[-30:])
+        assert _index(lines, "Stopped holdmount.service") != -1
+        assert not c.path(HOLDMOUNT_STAMP).exists()
+    finally:
+        c.cleanup()
+
+
+def test_failed_finalize_is_reported_at_next_boot(sysroot_factory: Callable[[], Sysroot]) -> None:
+    s = sysroot_factory()
+    c = _container("hm-ostree-fail", s)
+    try:
+        t0 = time.monotonic()
+        c.boot()
+        boot = time.monotonic() - t0
+        c.stage()
+        staged = s.staged_deployment_dirs()
+        assert len(staged) == 1
+        # the staged deployment loses its kernel: finalize cannot install it
+        (staged[0] / "usr" / "lib" / "modules" / KVER / "vmlinuz").unlink()
+        t0 = time.monotonic()
+        c.poweroff(timeout=180)
+        poweroff = time.monotonic() - t0
+        lines = _shutdown_lines(c)
+        hm = [ln for ln in lines if "holdmount" in ln]
+        assert [e.commit for e in s.loader_entries()] == [s.lab.commits[REF_BASE]], \
+            "\n".join(hm[-30:])
+        stamp = c.path(HOLDMOUNT_STAMP)
+        assert stamp.exists(), "\n".join(hm[-30:])
+        stamp_text = stamp.read_text()
+        assert ACTION in stamp_text and "kernel" in stamp_text, stamp_text
+
+        # the next boot of the same sysroot reports it
+        t0 = time.monotonic()
+        c.boot()
+        boot2 = time.monotonic() - t0
+        r = c.exec([HOLDMOUNT, "report"])
+        assert r.returncode != 0 and ACTION in r.stdout + r.stderr, r
+        report_unit = None
+        if "holdmount-report.service" in holdmount_units():
+            report_unit = c.systemctl("is-failed", "holdmount-report.service").stdout.strip()
+            assert report_unit == "failed", c.journal("-b", "-u", "holdmount-report.service")
+        # ostree's own stamp and boot-complete keep working alongside
+        complete = c.systemctl("is-failed", "ostree-boot-complete.service").stdout.strip()
+        ostree_stamp_seen = complete == "failed"
+        print(f"\n[ostree cycle] holdmount, failing finalize: boot {boot:.1f}s, "
+              f"poweroff {poweroff:.1f}s, next boot {boot2:.1f}s; holdmount report: "
+              f"{(r.stdout + r.stderr).strip().splitlines()[0]!r}; holdmount-report.service: "
+              f"{report_unit}; ostree-boot-complete.service: {complete}")
+        assert ostree_stamp_seen, c.journal("-b", "-u", "ostree-boot-complete.service")
+        assert "failed on previous boot" in c.journal("-b", "-u", "ostree-boot-complete.service")
+    finally:
+        c.cleanup()
