@@ -170,6 +170,11 @@ def overlay_layer_of(path: str | os.PathLike[str],
     target = _resolve(os.fspath(path))
     ids: set[tuple[int, int]] | None = None
     for m in table.overlays():
+        if _inside(target, m.mount_point):
+            # Seen through this overlay's merged view: writing there goes through the overlay,
+            # which is allowed. Its layer paths are in the *mounter's* namespace and would
+            # otherwise match everything (a container whose root is overlay(lowerdir=/)).
+            continue
         lay = layers(m)
         for role, d in lay.roles():
             if not os.path.isabs(d):

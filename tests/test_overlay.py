@@ -215,3 +215,17 @@ def test_guard_refuses_merge_into_a_mounted_upperdir(nslab: NsLab, tmp_path: Pat
     assert r.returncode == 0, r.stderr
     assert (h / "m/sub/f").read_text() == "new\n"
     assert (h / "upper/sub/f").read_text() == "new\n"  # written by the overlay itself
+
+
+def test_guard_ignores_paths_seen_through_the_overlay_itself() -> None:
+    """Inside a container whose root is overlay(lowerdir=/), every path would "be" in the
+    lowerdir by its text; writing through the merged view is fine and must not be refused."""
+    from holdmount import overlay
+    from holdmount.mounts import MountTable
+
+    table = MountTable.parse([
+        "100 90 0:50 / / rw,relatime - overlay overlay "
+        "rw,lowerdir=/,upperdir=/tmp/l/upper,workdir=/tmp/l/work",
+    ])
+    assert overlay.overlay_layer_of("/var/lib/thing", table) is None
+    overlay.refuse_if_overlay_layer("/var/lib/thing", table)
