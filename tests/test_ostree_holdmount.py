@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from nspawn import container_factory as _factory  # noqa: F401  (registers the fixture)
@@ -28,6 +29,7 @@ from ostree_lab import (
     OSTREE_FINALIZE_UNIT,
     OSTREE_HOLD_UNIT,
     OSTREE_PATH_UNIT,
+    PACKAGING,
     REF_BASE,
     REF_NEXT,
     OstreeContainer,
@@ -35,6 +37,7 @@ from ostree_lab import (
     Timings,
     holdmount_units,
     ostree_available,
+    run,
     switch_on,
 )
 from ostree_lab import lab_repo as _repo  # noqa: F401
@@ -219,6 +222,8 @@ def test_failed_finalize_is_reported_at_next_boot(sysroot_factory: Callable[[], 
         assert stamp.exists(), "\n".join(hm[-30:])
         stamp_text = stamp.read_text()
         assert ACTION in stamp_text and "kernel" in stamp_text, stamp_text
+        print("\n[holdmount stamp] " + " | ".join(
+            ln for ln in stamp_text.splitlines() if "kernel" in ln or ACTION in ln)[:600])
 
         # the next boot of the same sysroot reports it
         t0 = time.monotonic()
@@ -241,3 +246,24 @@ def test_failed_finalize_is_reported_at_next_boot(sysroot_factory: Callable[[], 
         assert "failed on previous boot" in c.journal("-b", "-u", "ostree-boot-complete.service")
     finally:
         c.cleanup()
+
+
+def test_switch_on_and_off_offline(tmp_path: Path) -> None:
+    """The rollback in docs/ostree.md: `off` undoes exactly what `on` did (on an offline root)."""
+    root = tmp_path / "root"
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "holdmount.service").write_text(holdmount_units()["holdmount.service"])
+    switch = str(PACKAGING / "holdmount-ostree-switch")
+    conf = root / "etc/holdmount/conf.d/50-ostree.toml"
+    run([switch, "on", f"--root={root}"])
+    assert conf.read_text() == (PACKAGING / "holdmount-ostree.toml").read_text()
+    for unit in (OSTREE_PATH_UNIT, OSTREE_FINALIZE_UNIT, OSTREE_HOLD_UNIT):
+        assert str((unit_dir / unit).readlink()) == "/dev/null"
+    assert (unit_dir / "multi-user.target.wants" / "holdmount.service").is_symlink()
+    run([switch, "off", f"--root={root}"])
+    assert not conf.exists()
+    for unit in (OSTREE_PATH_UNIT, OSTREE_FINALIZE_UNIT, OSTREE_HOLD_UNIT):
+        assert not (unit_dir / unit).is_symlink()
+    # holdmount.service stays enabled: other configurations may use it
+    assert (unit_dir / "multi-user.target.wants" / "holdmount.service").is_symlink()
