@@ -1,0 +1,125 @@
+"""Finalize actions in-process (the Finalizer driven by a selector loop like the daemon's), the
+stamp, and the daemon's signal plumbing (handlers restored afterwards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from holdmount import finalize
+from holdmount.config import ActionConfig, MergeSpec, When
+from holdmount.daemon import Signals
+from holdmount.finalize import Finalizer, Result
+from holdmount.notify import Notifier
+
+
+def run_actions(*actions: ActionConfig) -> list[Result]:
+    selector = selectors.DefaultSelector()
+    done: list[Result] = []
+    f = Finalizer(selector, Notifier({}), done.extend, {"PATH": "/usr/bin:/bin"})
+    f.start(actions)
+    deadline = time.monotonic() + 60
+    while f.current is not None or (not done and f.queue):
+        d = f.deadline()
+        for key, mask in selector.select(None if d is None else max(0, d - time.monotonic())):
+            key.data(mask)
+        f.timer(time.monotonic())
+        assert time.monotonic() < deadline
+    selector.close()
+    return done
+
+
+def sh(name: str, script: str, timeout: float = 30) -> ActionConfig:
+    return ActionConfig(name=name, exec=("/bin/sh", "-c", script), when=When.ALWAYS,
+                        timeout=timeout)
+
+
+def test_results_in_order_with_output_tail() -> None:
+    r = run_actions(sh("a", "for i in $(seq 1 30); do echo line$i; done"),
+                    sh("b", "echo err >&2; exit 4"), sh("c", "kill -9 $$"))
+    assert [x.name for x in r] == ["a", "b", "c"]
+    assert r[0].ok and r[0].output == tuple(f"line{i}" for i in range(11, 31))
+    assert not r[1].ok and r[1].status == "exit status 4" and r[1].output == ("err",)
+    assert r[2].signal == 9 and r[2].status == "killed by SIGKILL"
+
+
+def test_environment_is_clean() -> None:
+    r = run_actions(sh("env", "env | sort"))
+    env = dict(line.split("=", 1) for line in r[0].output if "=" in line)
+    assert env["HOLDMOUNT_ACTION"] == "env"
+    assert "NOTIFY_SOCKET" not in env
+
+
+def test_exec_failure_is_a_result() -> None:
+    (r,) = run_actions(ActionConfig(name="x", exec=("/nonexistent/prog",), when=When.ALWAYS))
+    assert not r.ok and r.status == "exec(/nonexistent/prog): No such file or directory"
+
+
+def test_timeout_terminates_then_kills_the_group(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finalize, "KILL_GRACE", 0.5)
+    pids = tmp_path / "pids"
+    # ignores SIGTERM: needs the SIGKILL; its background child must die with the group
+    (r,) = run_actions(sh("stubborn", f"trap '' TERM; sleep 60 & echo $! > {pids}; "
+                                      "echo waiting; while :; do sleep 0.1; done", timeout=0.5))
+    assert r.timed_out and r.status == "timed out after 0.5s, killed by SIGKILL"
+    assert r.output == ("waiting",)
+    child = int(pids.read_text())
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{child}") or \
+        Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def test_merge_action_runs_the_merge_verb(tmp_path: Path) -> None:
+    staged, dest = tmp_path / "staged", tmp_path / "dest"
+    staged.mkdir()
+    dest.mkdir()
+    (staged / "f").write_text("new")
+    action = ActionConfig(name="m", merge=MergeSpec(str(staged), str(dest)), when=When.ALWAYS)
+    assert finalize.action_argv(action)[-3:] == ["merge", str(staged), str(dest)]
+    (r,) = run_actions(action)
+    assert r.ok, r.output
+    assert (dest / "f").read_text() == "new"
+
+
+def test_stamp_roundtrip_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "lib" / "stamp")
+    fail = Result("fin", False, "exit status 2", exit_code=2, output=("boom",))
+    assert finalize.report(path) == 0
+    finalize.write_stamp(path, [fail])
+    data = finalize.read_stamp(path)
+    assert data is not None and data["failures"][0]["name"] == "fin"
+    lines = finalize.render_stamp(path, data)
+    assert lines[0].startswith("action fin failed at shutdown (") and lines[1] == "  | boom"
+    assert finalize.report(path) == 1
+    assert finalize.clear_stamp(path) and not finalize.clear_stamp(path)
+    Path(path).write_text("garbage")  # a damaged stamp still reports a failure
+    assert finalize.report(path) == 1
+    assert json.loads(json.dumps(fail.as_dict()))["output"] == ["boom"]
+
+
+def test_signals_record_wake_and_restore() -> None:
+    def mine(_s: int, _f: object) -> None:
+        pass
+
+    old_term = signal.signal(signal.SIGTERM, mine)
+    old_wakeup = signal.set_wakeup_fd(-1)
+    try:
+        with Signals([signal.SIGTERM, signal.SIGHUP]) as s:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert os.read(s.rfd, 10)  # the wakeup fd became readable
+            assert s.drain() == [signal.SIGTERM, signal.SIGTERM]
+            assert s.drain() == []
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.set_wakeup_fd(old_wakeup)
