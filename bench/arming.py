@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from bench.lab import PY, Daemon, Lab, Notify, daemon_config, now_ns, notify_socket
+from bench.lab import PY, Daemon, Lab, Notify, daemon_config, notify_socket, now_ns
 from bench.report import Row, fmt, median, ms, p99, ratio
 
 PEER = """
@@ -83,7 +83,8 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                                 actions=[("finalize", ["/bin/true"], "staged")])
             d = Daemon(lab, cfg, notify)
             d.wait_ready(60)
-            results[variant] = _samples(notify, marker, runs, lambda: d.proc.poll() is None)
+            results[variant] = _samples(notify, marker, runs,
+                                        lambda d=d: d.proc.poll() is None)
             d.stop()
         work = lab.dir("p5-peer")
         marker = str(work / "staged-deployment")

@@ -8,6 +8,7 @@ away with the namespace. Each map entry is a small tmpfs.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from typing import Any
 from bench.lab import Lab, mountinfo_lines, wait_for
 
 ENTRY = "-fstype=tmpfs,size=1m,mode=0755 :tmpfs"
+_libc = ctypes.CDLL(None, use_errno=True)
+_MNT_DETACH = 2
 
 
 class Automount:
@@ -63,5 +66,16 @@ class Automount:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM: automount unmounts its (idle) mounts and triggers and exits."""
-        self.lab.procs.stop(self.proc, signal.SIGTERM, timeout=120)
+        """Unmount everything ourselves and SIGKILL automount. Call only when every holder has
+        ended.
+
+        automount's own shutdown needs ~0.1 s per mount it has mounted (100 mounts: 11 s),
+        which would dominate the bench's time; umount2() of an idle tmpfs or trigger takes
+        microseconds. Order: the real mounts, then the daemon, then its (now catatonic)
+        triggers."""
+        for fields in self._ours():
+            if fields[fields.index("-") + 1] != "autofs":
+                _libc.umount2(fields[4].encode(), 0)
+        self.lab.procs.stop(self.proc, signal.SIGKILL, timeout=30)
+        for fields in reversed(self._ours()):
+            _libc.umount2(fields[4].encode(), _MNT_DETACH)

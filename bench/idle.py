@@ -99,7 +99,7 @@ def rows(lab: Lab, idle: float, progress: Callable[[str], None]) -> list[Row]:
     out = [
         Row("P1", f"idle wakeups (voluntary ctx switches) in {idle:g} s, holding {N} "
             "automounts", f"{wake['holdmount']}",
-            f"flock DIR sleep infinity ×{N}: {wake['flock']}",
+            f"flock DIR sleep infinity x{N}: {wake['flock']}",
             ratio(wake["holdmount"], wake["flock"]), "0", wake["holdmount"] == 0, data),
     ]
     if "ostree" in wake:
@@ -110,7 +110,7 @@ def rows(lab: Lab, idle: float, progress: Callable[[str], None]) -> list[Row]:
                        wake["holdmount"] == 0, data))
     out.append(Row("P2", f"idle RSS, holding {N} automounts", f"{rss['holdmount']:.1f} MiB",
                    f"python3 signal.pause(): {rss['pause']:.1f} MiB",
-                   ratio(rss["holdmount"], rss["pause"]), "≤ 1.3×",
+                   ratio(rss["holdmount"], rss["pause"]), "≤ 1.3x",
                    rss["holdmount"] <= 1.3 * rss["pause"], data))
     if "ostree" in rss:
         out.append(Row("P2", "idle RSS (ostree holds 1 automount)",
@@ -119,7 +119,7 @@ def rows(lab: Lab, idle: float, progress: Callable[[str], None]) -> list[Row]:
                        ratio(rss["holdmount"], rss["ostree"]), "—", None, data))
     out.append(Row("P2", f"idle RSS vs one holder per path ({N} paths)",
                    f"{rss['holdmount']:.1f} MiB",
-                   f"flock DIR sleep infinity ×{N}: {rss['flock']:.1f} MiB",
+                   f"flock DIR sleep infinity x{N}: {rss['flock']:.1f} MiB",
                    ratio(rss["holdmount"], rss["flock"]), "—", None, data))
     if why_no_ostree is not None:
         data["ostree_skipped"] = why_no_ostree

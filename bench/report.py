@@ -65,7 +65,7 @@ class Row:
 def ratio(a: float, b: float) -> str:
     if b == 0 or math.isnan(a) or math.isnan(b):
         return "—" if a != 0 or b != 0 else "0 / 0"
-    return f"{a / b:.2f}×"
+    return f"{a / b:.2f}x"
 
 
 def table(rows: Sequence[Row]) -> str:

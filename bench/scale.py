@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.automount import Automount
-from bench.lab import PY, Daemon, Lab, Notify, daemon_config, now_ns, notify_socket, rss_kib
+from bench.lab import PY, Daemon, Lab, Notify, daemon_config, notify_socket, now_ns, rss_kib
 from bench.report import Row, fmt, median, ratio
 
 

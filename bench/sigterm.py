@@ -21,8 +21,8 @@ from bench.lab import (
     Daemon,
     Lab,
     daemon_config,
-    now_ns,
     notify_socket,
+    now_ns,
     read_stamp,
     stamp_program,
     wait_for,
@@ -62,7 +62,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                         raise RuntimeError("P4 peer did not start")
                 t0 = now_ns()
                 os.kill(proc.pid, 15)
-                wait_for(lambda: proc.poll() is not None, 60, 0.002)
+                wait_for(lambda p=proc: p.poll() is not None, 60, 0.002)
                 lab.procs.stop(proc)
                 notify.drain()
                 t1 = read_stamp(out_file)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from bench import ostreepeer
 from bench.automount import Automount
-from bench.lab import PY, Daemon, Lab, daemon_config, now_ns, notify_socket
+from bench.lab import PY, Daemon, Lab, daemon_config, notify_socket, now_ns
 from bench.report import Row, fmt, median, ms, ratio
 
 
@@ -67,7 +67,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
         am.stop()
     h, p = median(t["holdmount"]), median(t["python"])
     out = [Row("P3", f"start-up: exec → READY=1 (median of {runs})", fmt(h, "ms"),
-               f"python3 -c pass: {fmt(p, 'ms')}", ratio(h, p), "≤ 1.5×", h <= 1.5 * p,
+               f"python3 -c pass: {fmt(p, 'ms')}", ratio(h, p), "≤ 1.5x", h <= 1.5 * p,
                {"ms": t})]
     if t["ostree"]:
         o = median(t["ostree"])
