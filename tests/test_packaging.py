@@ -1,0 +1,359 @@
+"""Distribution packages, built for real from the tree as a fresh clone has it.
+
+One build of each kind per test session (session fixtures), each in a temporary copy of the
+tree (packaging/export-tree: the files git tracks, with their working-tree content):
+- Debian: packaging/build-deb -> holdmount_*.deb and python3-inotify-simple_*.deb (the latter
+  from the unmodified PyPI sdist: Debian 12 has no python3-inotify-simple); lintian.
+- RPM: packaging/build-rpm -> rpmbuild -bb --nodeps with Debian's rpm; rpmlint.
+- Arch: makepkg --nodeps builds the PKGBUILD (Debian ships makepkg); shellcheck.
+- Gentoo: no ebuild linter is installable here (pkgcheck needs a Gentoo repository): shellcheck,
+  the variables distutils-r1 needs, and python_install_all run with stub eclass helpers that
+  check every file it installs exists in the tree.
+The build tools come from scripts/setup; a missing one fails (with the hint) instead of skipping.
+Set HOLDMOUNT_PACKAGING_UNTRACKED=1 to build with untracked files too (work in progress).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from holdmount import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+PKG = REPO / "packaging"
+UNITS = ("holdmount.service", "holdmount@.service", "holdmount-report.service")
+UNTRACKED = ["--untracked"] if os.environ.get("HOLDMOUNT_PACKAGING_UNTRACKED") == "1" else []
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t, path=SYSTEM_PATH) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run scripts/setup (as root)")
+
+
+def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("timeout", 600)
+    r = subprocess.run(args, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    assert r.returncode == 0, f"{' '.join(map(str, args))}: exit {r.returncode}\n" \
+        f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r  # type: ignore[no-any-return]
+
+
+def pyproject_version() -> str:
+    return str(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"])
+
+
+# --- Debian --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    need("dpkg-buildpackage", "dh", "dh_python3", "dpkg-deb", "git")
+    out = tmp_path_factory.mktemp("deb")
+    run([str(PKG / "build-deb"), "-o", str(out), *UNTRACKED])
+    found = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    assert set(found) == {"holdmount", "python3-inotify-simple"}, found
+    return found
+
+
+@pytest.fixture(scope="session")
+def deb_root(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("debroot")
+    for deb in debs.values():
+        run(["dpkg-deb", "-x", str(deb), str(root)])
+    return root
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return run(["dpkg-deb", "-f", str(deb), field]).stdout.strip()
+
+
+def test_deb_installs_the_files(deb_root: Path) -> None:
+    expect = ["usr/bin/holdmount",
+              *(f"usr/lib/systemd/system/{u}" for u in UNITS),
+              "usr/share/man/man8/holdmount.8.gz", "usr/share/man/man5/holdmount.toml.5.gz",
+              "usr/share/bash-completion/completions/holdmount",
+              "usr/share/zsh/vendor-completions/_holdmount",
+              "usr/share/doc/holdmount/examples/ostree.toml",
+              "usr/lib/python3/dist-packages/holdmount/cli.py",
+              "usr/lib/python3/dist-packages/inotify_simple.py"]
+    missing = [p for p in expect if not (deb_root / p).exists()]
+    assert not missing, missing
+    assert (deb_root / "usr/bin/holdmount").read_text().startswith("#! /usr/bin/python3") or \
+        (deb_root / "usr/bin/holdmount").read_text().startswith("#!/usr/bin/python3")
+
+
+def test_deb_units_documentation_exists(deb_root: Path) -> None:
+    for unit in UNITS:
+        text = (deb_root / "usr/lib/systemd/system" / unit).read_text()
+        for url in re.findall(r"file:(/\S+)", text):
+            assert (deb_root / url.lstrip("/")).is_file(), f"{unit}: Documentation={url} missing"
+        for page in re.findall(r"man:([\w.@-]+)\((\d)\)", text):
+            assert (deb_root / f"usr/share/man/man{page[1]}/{page[0]}.{page[1]}.gz").exists(), page
+
+
+def test_deb_depends(debs: dict[str, Path]) -> None:
+    depends = deb_field(debs["holdmount"], "Depends")
+    assert "python3-pystemd (>= 0.11)" in depends
+    assert "python3-inotify-simple (>= 1.3)" in depends
+    assert deb_field(debs["holdmount"], "Version").split("-")[0] == pyproject_version()
+    # the package we build satisfies the dependency, and sorts below an official Debian one
+    ours = deb_field(debs["python3-inotify-simple"], "Version")
+    run(["dpkg", "--compare-versions", ours, "ge", "1.3"])
+    run(["dpkg", "--compare-versions", ours, "lt", "1.3.5-1"])
+
+
+def test_deb_maintscripts(debs: dict[str, Path], tmp_path: Path) -> None:
+    run(["dpkg-deb", "-e", str(debs["holdmount"]), str(tmp_path / "c")])
+    postinst = (tmp_path / "c/postinst").read_text()
+    prerm = (tmp_path / "c/prerm").read_text()
+    # disabled by default: no `deb-systemd-helper enable` outside the was-enabled check
+    assert "deb-systemd-helper --quiet was-enabled 'holdmount.service'" in postinst
+    # stopped on removal, but never on upgrade (a stop runs the finalize actions)
+    assert re.search(r'"\$1" = remove .*\n\s*deb-systemd-invoke stop .*holdmount.service', prerm)
+    assert not (tmp_path / "c/preinst").exists()
+
+
+def test_deb_packaged_python_works(deb_root: Path) -> None:
+    """The packaged holdmount runs on Debian's python with the packaged inotify_simple."""
+    site = deb_root / "usr/lib/python3/dist-packages"
+    env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(site), "HOME": "/nonexistent"}
+    r = run(["/usr/bin/python3", str(deb_root / "usr/bin/holdmount"), "--version"], env=env)
+    assert r.stdout.strip() == f"holdmount {__version__}"
+    code = ("import inotify_simple, holdmount.marker, os, tempfile\n"
+            "assert inotify_simple.__file__.startswith(os.environ['PYTHONPATH']), "
+            "inotify_simple.__file__\n"
+            "d = tempfile.mkdtemp()\n"
+            "i = inotify_simple.INotify(nonblocking=True)\n"
+            "i.add_watch(d, inotify_simple.flags.CREATE)\n"
+            "open(os.path.join(d, 'm'), 'w').close()\n"
+            "print([e.name for e in i.read(timeout=1000)])\n")
+    assert run(["/usr/bin/python3", "-c", code], env=env).stdout.strip() == "['m']"
+
+
+def test_deb_lintian(debs: dict[str, Path]) -> None:
+    need("lintian")
+    # initial-upload-closes-no-bugs: not uploaded to Debian, there is no ITP bug to close
+    run(["lintian", "--fail-on", "error,warning", "--suppress-tags",
+         "initial-upload-closes-no-bugs", *map(str, debs.values())])
+
+
+def test_units_verify(deb_root: Path, tmp_path: Path) -> None:
+    """systemd-analyze verify on the installed units, in a root with the host's units."""
+    need("systemd-analyze")
+    root = tmp_path / "root"
+    shutil.copytree(deb_root, root, symlinks=True)
+    run(["cp", "-an", "/usr/lib/systemd/system/.", str(root / "usr/lib/systemd/system/")])
+    r = run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *UNITS[::2],
+             "holdmount@boot.service", "holdmount@var-tmp-portage.service"], cwd=tmp_path)
+    assert r.stderr.strip() == "", r.stderr
+    # the check bites: a unit whose ExecStart= is missing fails
+    (root / "usr/bin/holdmount").unlink()
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                        "holdmount.service"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "/usr/bin/holdmount" in r.stderr
+
+
+# --- RPM -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def rpm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need("rpmbuild", "rpm", "git")
+    out = tmp_path_factory.mktemp("rpm")
+    run([str(PKG / "build-rpm"), "-o", str(out), *UNTRACKED, "--", "--nodeps"])
+    (found,) = out.glob("holdmount-*.noarch.rpm")
+    return found
+
+
+def test_rpm_contents(rpm_file: Path) -> None:
+    files = run(["rpm", "-qlp", str(rpm_file)]).stdout.split()
+    for path in ["/usr/bin/holdmount", *(f"/usr/lib/systemd/system/{u}" for u in UNITS),
+                 "/usr/share/man/man8/holdmount.8", "/usr/share/man/man5/holdmount.toml.5",
+                 "/usr/share/bash-completion/completions/holdmount",
+                 "/usr/share/zsh/site-functions/_holdmount",
+                 "/usr/share/doc/holdmount/examples/ostree.toml"]:
+        assert any(f == path or f.startswith(path + ".") for f in files), path
+    assert any(f.endswith("/holdmount/cli.py") for f in files)
+    requires = run(["rpm", "-qp", "--requires", str(rpm_file)]).stdout
+    assert "python3dist(pystemd) >= 0.11" in requires
+    assert "python3dist(inotify-simple) >= 1.3" in requires
+    assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(rpm_file)]).stdout == __version__
+
+
+def test_rpm_scriptlets(rpm_file: Path) -> None:
+    scripts = run(["rpm", "-qp", "--scripts", str(rpm_file)]).stdout
+    post = scripts.split("postinstall scriptlet")[1].split("scriptlet")[0]
+    assert "preset holdmount.service holdmount-report.service" in post
+    preun = scripts.split("preuninstall scriptlet")[1].split("scriptlet")[0]
+    assert "disable --now holdmount.service" in preun
+    postun = [line for line in scripts.split("postuninstall scriptlet")[1].splitlines()
+              if not line.startswith("#")]
+    assert "daemon-reload" in "\n".join(postun)
+    assert "restart" not in "\n".join(postun)  # no restart on upgrade: a stop finalizes
+
+
+def test_rpmlint(rpm_file: Path) -> None:
+    need("rpmlint")
+    r = run(["rpmlint", "-r", str(PKG / "rpm/rpmlintrc"), str(PKG / "rpm/holdmount.spec"),
+             str(rpm_file)])
+    assert re.search(r"\b0 errors, 0 warnings\b", r.stdout), r.stdout
+
+
+# --- Arch ----------------------------------------------------------------------------------------
+
+def _as_nobody(args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+    if os.geteuid() != 0:
+        return args
+    # makepkg refuses to run as root
+    os.chown(cwd, 65534, 65534)
+    for p in cwd.rglob("*"):
+        os.lchown(p, 65534, 65534)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *args]
+
+
+@pytest.fixture(scope="session")
+def arch_pkg() -> Iterator[Path]:
+    need("makepkg", "pacman", "bsdtar", "fakeroot", "git")
+    work = Path(tempfile.mkdtemp(prefix="holdmount-makepkg."))
+    try:
+        os.chmod(work, 0o755)
+        tree = work / f"holdmount-{__version__}"
+        run([str(PKG / "export-tree"), str(tree), *UNTRACKED])
+        with tarfile.open(work / f"holdmount-{__version__}.tar.gz", "w:gz") as tar:
+            tar.add(tree, arcname=tree.name)
+        shutil.rmtree(tree)
+        shutil.copy(PKG / "arch/PKGBUILD", work)
+        (work / "bin").mkdir()
+        (work / "bin/python").symlink_to("/usr/bin/python3")  # Arch's python is python3
+        # Debian's python installs to /usr/local unless told the system layout
+        env = {"PATH": f"{work}/bin:{SYSTEM_PATH}", "HOME": str(work), "LANG": "C.UTF-8",
+               "DEB_PYTHON_INSTALL_LAYOUT": "deb_system", "PKGEXT": ".pkg.tar.gz"}
+        args = _as_nobody(["makepkg", "--nodeps", "--noconfirm"], work, env)
+        run(args, cwd=work, env=env)
+        (pkg,) = work.glob("holdmount-*-any.pkg.tar.gz")
+        yield pkg
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_pkgbuild_srcinfo() -> None:
+    need("makepkg", "pacman")
+    work = Path(tempfile.mkdtemp(prefix="holdmount-srcinfo."))
+    try:
+        os.chmod(work, 0o755)
+        shutil.copy(PKG / "arch/PKGBUILD", work)
+        env = {"PATH": SYSTEM_PATH, "HOME": str(work), "LANG": "C.UTF-8"}
+        info = run(_as_nobody(["makepkg", "--printsrcinfo"], work, env), cwd=work,
+                   env=env).stdout
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    fields: dict[str, list[str]] = {}
+    for line in info.splitlines():
+        if " = " in line:
+            k, v = line.strip().split(" = ", 1)
+            fields.setdefault(k, []).append(v)
+    assert fields["pkgname"] == ["holdmount"]
+    assert fields["pkgver"] == [__version__]
+    assert fields["arch"] == ["any"]
+    assert {"python", "python-pystemd", "python-inotify-simple"} <= set(fields["depends"])
+
+
+def test_arch_package_contents(arch_pkg: Path) -> None:
+    with tarfile.open(arch_pkg) as tar:
+        names = set(tar.getnames())
+    for path in ["usr/bin/holdmount", *(f"usr/lib/systemd/system/{u}" for u in UNITS),
+                 "usr/share/man/man8/holdmount.8.gz", "usr/share/man/man5/holdmount.toml.5.gz",
+                 "usr/share/bash-completion/completions/holdmount",
+                 "usr/share/zsh/site-functions/_holdmount",
+                 "usr/share/doc/holdmount/examples/ostree.toml", ".PKGINFO"]:
+        assert path in names, path
+
+
+def test_pkgbuild_shellcheck() -> None:
+    need("shellcheck")
+    # SC2034: PKGBUILD variables are read by makepkg; SC2154: $pkgdir/$srcdir come from it;
+    # SC2164: makepkg runs build()/package() with errexit, a failing cd stops the build
+    run(["shellcheck", "--shell=bash", "--exclude=SC2034,SC2154,SC2164",
+         str(PKG / "arch/PKGBUILD")])
+
+
+# --- Gentoo --------------------------------------------------------------------------------------
+
+EBUILD = PKG / "gentoo/sys-apps/holdmount/holdmount-9999.ebuild"
+
+# Stubs for the eclass helpers: each records what it would install and fails when a source file
+# does not exist in the tree.
+STUBS = r"""
+inherit() { :; }
+distutils_enable_tests() { :; }
+_need() { for f in "$@"; do [ -e "$f" ] || { echo "missing: $f" >&2; exit 1; }; done; }
+distutils-r1_python_install_all() { echo "python_install_all"; }
+systemd_dounit() { _need "$@"; for f in "$@"; do echo "unit $(basename "$f")"; done; }
+doman() { _need "$@"; for f in "$@"; do echo "man $(basename "$f")"; done; }
+newbashcomp() { _need "$1"; echo "bashcomp $2"; }
+insinto() { INSDIR=$1; }
+doins() { _need "$@"; for f in "$@"; do echo "ins $INSDIR/$(basename "$f")"; done; }
+keepdir() { echo "keepdir $1"; }
+docinto() { DOCDIR=$1; }
+dodoc() { _need "$@"; for f in "$@"; do echo "doc $DOCDIR/$(basename "$f")"; done; }
+docompress() { :; }
+"""
+
+
+def test_ebuild_variables() -> None:
+    r = run(["bash", "-c", f'{STUBS}\nPYTHON_USEDEP=PYDEP; PF=holdmount-9999\nsource "$1"\n'
+             'printf "%s\\n" "EAPI=$EAPI" "PEP517=$DISTUTILS_USE_PEP517" '
+             '"COMPAT=${PYTHON_COMPAT[*]}" "LICENSE=$LICENSE" "SLOT=$SLOT" '
+             '"KEYWORDS=${KEYWORDS-unset}"; echo "RDEPEND=$(echo $RDEPEND)"', "ebuild",
+             str(EBUILD)])
+    v = dict(line.split("=", 1) for line in r.stdout.splitlines())
+    assert v["EAPI"] == "8"
+    assert v["PEP517"] == "setuptools"
+    assert "python3_{11..13}" in EBUILD.read_text() or "python3_11" in v["COMPAT"]
+    assert v["SLOT"] == "0" and v["LICENSE"] == "LGPL-2.1+"
+    assert v["KEYWORDS"] == "unset"  # a live ebuild has no keywords
+    deps = v["RDEPEND"].split()
+    assert "dev-python/pystemd[PYDEP]" in deps and "dev-python/inotify-simple[PYDEP]" in deps
+    text = EBUILD.read_text()
+    assert re.search(r"^inherit .*\bdistutils-r1\b.*\bsystemd\b", text, re.M)
+
+
+def test_ebuild_installs_existing_files() -> None:
+    r = run(["bash", "-c", f'{STUBS}\nPYTHON_USEDEP=PYDEP; PF=holdmount-9999\nsource "$1"\n'
+             "set -e; python_install_all", "ebuild", str(EBUILD)], cwd=REPO)
+    done = set(r.stdout.splitlines())
+    assert {f"unit {u}" for u in UNITS} <= done
+    assert {"man holdmount.8", "man holdmount.toml.5", "bashcomp holdmount",
+            "ins /usr/share/zsh/site-functions/_holdmount", "python_install_all",
+            "doc examples/ostree.toml"} <= done
+
+
+def test_ebuild_shellcheck() -> None:
+    need("shellcheck")
+    # SC2034: ebuild variables are read by portage
+    run(["shellcheck", "--shell=bash", "--exclude=SC2034", str(EBUILD)])
+    meta = EBUILD.parent / "metadata.xml"
+    import xml.etree.ElementTree as ET
+    assert ET.parse(meta).getroot().tag == "pkgmetadata"
+
+
+# --- all of them ---------------------------------------------------------------------------------
+
+def test_versions_agree() -> None:
+    version = pyproject_version()
+    assert version == __version__
+    changelog = (PKG / "debian/changelog").read_text().splitlines()[0]
+    assert re.match(rf"holdmount \({re.escape(version)}-\d+\)", changelog), changelog
+    spec = (PKG / "rpm/holdmount.spec").read_text()
+    assert re.search(rf"^Version:\s+{re.escape(version)}$", spec, re.M)
+    assert re.search(rf"^pkgver={re.escape(version)}$", (PKG / "arch/PKGBUILD").read_text(), re.M)
