@@ -20,9 +20,8 @@ def test_skipped_real_test_fails_under_ci(tmp_path: Path) -> None:
         def test_plain_skip():
             pytest.skip("fine")
     """))
-    conftest = Path(__file__).with_name("conftest.py")
-    (tmp_path / "conftest.py").write_text(conftest.read_text())
-    env = {**os.environ, "CI": "true"}
+    (tmp_path / "conftest.py").write_text("from ci_guard import *  # noqa: F403\n")
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(Path(__file__).parent)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "-o", "markers=real", str(tmp_path)],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
