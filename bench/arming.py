@@ -19,8 +19,11 @@ directory that, on the event, lstat()s the marker and sends STATUS=armed.
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from collections.abc import Callable
+from typing import Any
 
 from bench.lab import PY, Daemon, Lab, Notify, daemon_config, notify_socket, now_ns
 from bench.report import Row, fmt, median, ms, p99, ratio
@@ -44,6 +47,10 @@ while True:
         armed = now
         s.sendto(b"STATUS=marker " + (b"armed" if now else b"disarmed"), addr)
 """
+
+
+def _alive(proc: subprocess.Popen[Any]) -> bool:
+    return proc.poll() is None
 
 
 def _status(word: str) -> Callable[[dict[str, str]], bool]:
@@ -83,8 +90,8 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                                 actions=[("finalize", ["/bin/true"], "staged")])
             d = Daemon(lab, cfg, notify)
             d.wait_ready(60)
-            results[variant] = _samples(notify, marker, runs,
-                                        lambda d=d: d.proc.poll() is None)
+            alive = functools.partial(_alive, d.proc)
+            results[variant] = _samples(notify, marker, runs, alive)
             d.stop()
         work = lab.dir("p5-peer")
         marker = str(work / "staged-deployment")
@@ -92,7 +99,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
         peer = lab.procs.start([PY, "-c", PEER, marker], env=env)
         if notify.wait(lambda m: m.get("READY") == "1", 30, peer) is None:
             raise RuntimeError("P5 peer did not start")
-        results["peer"] = _samples(notify, marker, runs, lambda: peer.poll() is None)
+        results["peer"] = _samples(notify, marker, runs, functools.partial(_alive, peer))
         lab.procs.stop(peer)
     progress("P5: " + ", ".join(f"{k}: median {median(v):.3f} ms p99 {p99(v):.3f} ms"
                                 for k, v in results.items()))

@@ -27,11 +27,11 @@ def _build(lab: Lab, files: int, changes: int) -> tuple[str, int]:
     for d in (lower, upper, wk, merged):
         d.mkdir()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    sub_s = ""
     for i in range(files):
         if i % PER_DIR == 0:
-            sub = lower / f"d{i // PER_DIR:04d}"
-            sub.mkdir()
-            sub_s = str(sub)
+            sub_s = str(lower / f"d{i // PER_DIR:04d}")
+            os.mkdir(sub_s)
         os.close(os.open(f"{sub_s}/f{i % PER_DIR:04d}", flags, 0o644))
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={lower},upperdir={upper},workdir={wk}", str(merged)],
@@ -40,8 +40,8 @@ def _build(lab: Lab, files: int, changes: int) -> tuple[str, int]:
     step = max(1, files // changes)
     victims = [(i // PER_DIR, i % PER_DIR) for i in range(0, files, step)][:changes]
     made = 0
-    for n, (d, f) in enumerate(victims):
-        p = merged / f"d{d:04d}" / f"f{f:04d}"
+    for n, (dn, fn) in enumerate(victims):
+        p = merged / f"d{dn:04d}" / f"f{fn:04d}"
         kind = n % 4
         if kind in (0, 1):
             with open(p, "ab") as fh:
@@ -49,7 +49,7 @@ def _build(lab: Lab, files: int, changes: int) -> tuple[str, int]:
         elif kind == 2:
             p.unlink()
         else:
-            (merged / f"d{d:04d}" / f"new{f:04d}").write_bytes(b"new")
+            (merged / f"d{dn:04d}" / f"new{fn:04d}").write_bytes(b"new")
         made += 1
     return str(merged), made
 

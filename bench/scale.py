@@ -41,7 +41,16 @@ def _daemon(lab: Lab, notify: Notify, paths: Sequence[str], work: Path) -> tuple
     took = d.wait_ready(600) / 1e9
     rss = rss_kib(d.pid)
     d.stop()
+    if d.ready_via != "READY=1":
+        _ready_problems.append(f"{len(paths):,} holds: READY=1 never arrived (sd_notify "
+                               "failed: the message was too long); timed to the idle loop")
+    elif d.ready_bytes:
+        _ready_problems.append(f"{len(paths):,} holds: READY=1 came in a {d.ready_bytes:,}-"
+                               "byte message, which systemd ignores (limit 4,096)")
     return took, rss
+
+
+_ready_problems: list[str] = []
 
 
 def measure(lab: Lab, sizes: Sequence[int], reps: int, kind: str,
@@ -124,4 +133,13 @@ def rows(lab: Lab, dirs: Sequence[int], autofs: Sequence[int], reps: int,
                       "linearity": lin if is_top else None}))
         if lin is not None:
             out[-1].metric += f" (per-path cost, largest/smallest step: {lin:.2f})"
+        problems = " ".join(_ready_problems)
+        for row in out:
+            if row.data.get("kind") == kind and f"{row.data['n']:,} holds:" in problems:
+                row.passed = False
+                row.goal = (row.goal + "; " if row.goal != "—" else "") + \
+                    "READY=1 reaches systemd"
+                row.data["ready_problems"] = [p for p in _ready_problems
+                                              if p.startswith(f"{row.data['n']:,} holds:")]
+        _ready_problems.clear()
     return out

@@ -13,8 +13,11 @@ starts the same program with subprocess.Popen — what any Python service pays f
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from collections.abc import Callable
+from typing import Any
 
 from bench.lab import (
     PY,
@@ -36,6 +39,10 @@ socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["
 signal.sigwait({signal.SIGTERM})
 subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True).wait()
 """
+
+
+def _ended(proc: subprocess.Popen[Any]) -> bool:
+    return proc.poll() is not None
 
 
 def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
@@ -62,7 +69,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                         raise RuntimeError("P4 peer did not start")
                 t0 = now_ns()
                 os.kill(proc.pid, 15)
-                wait_for(lambda p=proc: p.poll() is not None, 60, 0.002)
+                wait_for(functools.partial(_ended, proc), 60, 0.002)
                 lab.procs.stop(proc)
                 notify.drain()
                 t1 = read_stamp(out_file)

@@ -65,15 +65,15 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
         for k in keepers:
             lab.procs.stop(k)
         am.stop()
-    h, p = median(t["holdmount"]), median(t["python"])
-    out = [Row("P3", f"start-up: exec → READY=1 (median of {runs})", fmt(h, "ms"),
-               f"python3 -c pass: {fmt(p, 'ms')}", ratio(h, p), "≤ 1.5x", h <= 1.5 * p,
-               {"ms": t})]
+    hm, py_ms = median(t["holdmount"]), median(t["python"])
+    out = [Row("P3", f"start-up: exec → READY=1 (median of {runs})", fmt(hm, "ms"),
+               f"python3 -c pass: {fmt(py_ms, 'ms')}", ratio(hm, py_ms), "≤ 1.5x",
+               hm <= 1.5 * py_ms, {"ms": t})]
     if t["ostree"]:
-        o = median(t["ostree"])
+        os_ms = median(t["ostree"])
         out.append(Row("P3", "start-up: exec → holding (ostree: idle in pause())",
-                       fmt(h, "ms"), f"ostree finalize-staged --hold: {fmt(o, 'ms')}",
-                       ratio(h, o), "—", None, {"ms": t}))
+                       fmt(hm, "ms"), f"ostree finalize-staged --hold: {fmt(os_ms, 'ms')}",
+                       ratio(hm, os_ms), "—", None, {"ms": t}))
     return out
 
 
