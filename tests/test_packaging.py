@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -357,3 +358,93 @@ def test_versions_agree() -> None:
     spec = (PKG / "rpm/holdmount.spec").read_text()
     assert re.search(rf"^Version:\s+{re.escape(version)}$", spec, re.M)
     assert re.search(rf"^pkgver={re.escape(version)}$", (PKG / "arch/PKGBUILD").read_text(), re.M)
+
+
+# --- the packaged install in a real systemd ------------------------------------------------------
+
+HELD_STORE = "/srv/hmt-store"
+PKG_MARKER = "/run/hmt/staged"
+PKG_CONFIG = f"""
+[marker]
+path = "{PKG_MARKER}"
+[[hold]]
+path = "/hmt/held"
+[[action]]
+name = "finalize"
+exec = ["/usr/local/libexec/hmt-finalize"]
+when = "staged"
+timeout = "30s"
+"""
+# writes into the held path and records the mount table as the action saw it
+PKG_FINALIZE = """#!/bin/sh
+{ echo "finalize ran"; grep ' /hmt/held ' /proc/self/mountinfo; } > /hmt/held/finalized
+sync
+echo "finalize: done"
+"""
+
+
+@pytest.mark.nspawn
+def test_packaged_install_in_systemd(debs: dict[str, Path]) -> None:
+    """apt-get install the .debs into a booted systemd 252, enable the packaged units, hold an
+    automount, and finalize at poweroff while it is still held."""
+    import json
+
+    from nspawn import Container, nspawn_available
+
+    if not nspawn_available():
+        pytest.skip("systemd-nspawn not installed (run scripts/setup)")
+    files: dict[str, str | bytes | tuple[str | bytes, int]] = {
+        f"/var/tmp/hm-debs/{p.name}": p.read_bytes() for p in debs.values()}
+    files.update({"/etc/holdmount/holdmount.toml": PKG_CONFIG,
+                  "/usr/local/libexec/hmt-finalize": (PKG_FINALIZE, 0o755),
+                  f"{HELD_STORE}/.keep": ""})
+    units = {"hmt-held.automount": "[Automount]\nWhere=/hmt/held\nTimeoutIdleSec=2s\n",
+             "hmt-held.mount": f"[Mount]\nWhat={HELD_STORE}\nWhere=/hmt/held\nType=none\n"
+                               "Options=bind\n"}
+    c = Container("packaged", units=units, files=files, wants=["hmt-held.automount"])
+    try:
+        assert not c.path("/usr/bin/holdmount").exists(), "the root must not have it yet"
+        c.boot()
+        # the real install: apt resolves python3-pystemd from Debian, ours from the files
+        r = c.exec(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                    *(f"/var/tmp/hm-debs/{p.name}" for p in debs.values())],
+                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": SYSTEM_PATH},
+                   timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert c.exec(["/usr/bin/holdmount", "--version"]).stdout.strip() == \
+            f"holdmount {__version__}"
+        # installed disabled (the daemon needs a configuration first)
+        assert c.systemctl("is-enabled", "holdmount.service").stdout.strip() == "disabled"
+        r = c.exec(["systemd-analyze", "verify", "holdmount.service",
+                    "holdmount-report.service", "holdmount@hmt-held.service"])
+        assert r.returncode == 0 and "holdmount" not in r.stderr, r.stderr
+        r = c.systemctl("enable", "--now", "holdmount.service", "holdmount-report.service")
+        assert r.returncode == 0, r.stderr + c.journal("-u", "holdmount.service")
+        active = c.systemctl("show", "-P", "ActiveState", "holdmount.service").stdout.strip()
+        assert active == "active", c.journal("-u", "holdmount.service")
+        # (the test root boots a target of its own, not multi-user.target: enabled, the units are
+        # wanted by multi-user.target)
+        wants = c.systemctl("show", "-P", "Wants", "multi-user.target").stdout.split()
+        assert {"holdmount.service", "holdmount-report.service"} <= set(wants)
+        report = c.systemctl("show", "-P", "ActiveState", "holdmount-report.service")
+        assert report.stdout.strip() == "active"  # no failure stamp to report
+        assert c.mountinfo().is_real_mounted("/hmt/held")
+        # the packaged CLI talks to the packaged daemon; the packaged inotify_simple sees the
+        # marker appear
+        c.exec(["mkdir", "-p", str(Path(PKG_MARKER).parent)], check=True)
+        c.exec(["touch", PKG_MARKER], check=True)
+
+        def armed() -> bool:
+            r = c.exec(["/usr/bin/holdmount", "status", "--json"])
+            return r.returncode == 0 and json.loads(r.stdout)["marker"]["state"] == "armed"
+
+        assert c.wait_for(armed, 10), c.journal("-u", "holdmount.service")
+        time.sleep(3)  # past TimeoutIdleSec=2s: only the hold keeps it mounted
+        assert c.mountinfo().is_real_mounted("/hmt/held")
+        assert c.poweroff() == 0
+        finalized = c.path(f"{HELD_STORE}/finalized").read_text().splitlines()
+        assert finalized[0] == "finalize ran" and " /hmt/held " in finalized[1], finalized
+        log = c.journal("-b", "0", "-u", "holdmount.service")
+        assert "finalize: done" in log, log[-3000:]
+    finally:
+        c.cleanup()
