@@ -41,7 +41,7 @@ FULL = Params("full", idle=60, startup_runs=30, sigterm_runs=100, marker_runs=20
               overlay_files=200_000, overlay_changes=200, overlay_reps=5,
               merge_files=10_000, merge_bytes=1 << 30, merge_reps=3)
 QUICK = Params("quick", idle=20, startup_runs=15, sigterm_runs=50, marker_runs=100,
-               scale_dirs=(100, 1000, 10000), scale_autofs=(10, 100, 300), scale_reps=1,
+               scale_dirs=(100, 1000, 3000), scale_autofs=(10, 100, 300), scale_reps=1,
                overlay_files=200_000, overlay_changes=200, overlay_reps=3,
                merge_files=2_000, merge_bytes=200 << 20, merge_reps=2)
 # the smoke test's: every row runs, in seconds; the numbers mean nothing

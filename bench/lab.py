@@ -337,12 +337,18 @@ class Daemon:
                 continue
             if self.proc.poll() is not None:
                 break
-            if self._idle() and "sd_notify(" in self.log_text() and \
-                    "ready:" in self.log_text():
+            if self._idle() and self._logged_ready_without_notify():
                 self.t_ready, self.ready_via = now_ns(), "idle in epoll_wait (READY=1 lost)"
                 return self.t_ready - self.t_exec
         self.stop()
         raise RuntimeError(f"daemon not ready: {self.log_text()}")
+
+    def _logged_ready_without_notify(self) -> bool:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return False
+        return "sd_notify(" in text and "\nready:" in text
 
     def _idle(self) -> bool:
         try:
