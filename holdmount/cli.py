@@ -48,6 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         require_writable=args.require_writable,
         require_exec=args.require_exec,
         trigger_timeout=args.trigger_timeout,
+        delegate=args.delegate,
     ))
 
 
@@ -67,8 +68,66 @@ def _add_run(sub: Any) -> None:
                    help="fail when a held directory is on a noexec mount")
     p.add_argument("--trigger-timeout", type=_span, default=30.0, metavar="SPAN",
                    help="how long a trigger may take (default 30s)")
+    p.add_argument("--delegate", choices=("auto", "always", "never"), default="auto",
+                   help="let the holdmount daemon hold in the host mount namespace: auto (when "
+                   "it answers, the default), always (fail without it), never")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     p.set_defaults(func=_cmd_run)
+
+
+# --- hold / release ---------------------------------------------------------------------------
+
+def _cmd_hold(args: argparse.Namespace) -> int:
+    import os
+
+    from holdmount.delegate import Delegation
+
+    until = args.until_pid if args.until_pid is not None else os.getppid()
+    with Delegation(args.socket) as d:
+        reply, _ = d.hold(args.paths, protect=args.protect, until_pid=until)
+    for h in reply.get("held", []):
+        print(f"holding {h.get('path')}: {h.get('fstype')} on {h.get('mount_point')} "
+              f"(lease {reply.get('lease')}, until {reply.get('until')})")
+    return 0
+
+
+def _add_hold(sub: Any) -> None:
+    p = sub.add_parser(
+        "hold", help="ask the daemon to hold paths until a process exits",
+        description="Ask the holdmount daemon to hold each PATH in the host mount namespace "
+        "until process PID exits (default: the process that ran this command, e.g. your shell "
+        "or script) or `holdmount release`. Safe inside a private mount namespace: PATH is "
+        "only opened O_PATH here, which never triggers an automount. A non-root user may hold "
+        "only directories it could open itself.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--until-pid", type=int, metavar="PID",
+                   help="release when PID exits (default: our parent process)")
+    p.add_argument("--protect", action="store_true",
+                   help="flock(LOCK_SH) it so systemd-tmpfiles --clean skips it")
+    p.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
+    p.set_defaults(func=_cmd_hold)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from holdmount.delegate import Delegation
+
+    with Delegation(args.socket) as d:
+        reply = d.release(args.paths)
+    for path in reply.get("released", []):
+        print(f"released {path}")
+    return 0
+
+
+def _add_release(sub: Any) -> None:
+    p = sub.add_parser(
+        "release", help="release holds the daemon keeps for you",
+        description="Release the delegated holds of this user (root: of anyone) on each PATH. "
+        "Holds from the daemon's configuration are not released this way.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
+    p.set_defaults(func=_cmd_release)
 
 
 # --- merge ------------------------------------------------------------------------------------
@@ -273,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon(sub)
     _add_status(sub)
     _add_report(sub)
+    _add_hold(sub)
+    _add_release(sub)
     return parser
 
 

@@ -93,6 +93,8 @@ class DaemonConfig:
     stamp: str = DEFAULT_STAMP
     allow_foreign_namespace: bool = False
     trigger_timeout: float = DEFAULT_TRIGGER_TIMEOUT
+    # hand every held fd to the service manager (FDSTORE=1), adopt them back after a restart
+    fdstore: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +218,7 @@ def _show(value: object) -> str:
 # --- one file -----------------------------------------------------------------------------------
 
 _TOP = ("daemon", "marker", "control", "hold", "action")
-_DAEMON = ("stamp", "allow_foreign_namespace", "trigger_timeout")
+_DAEMON = ("stamp", "allow_foreign_namespace", "trigger_timeout", "fdstore")
 _MARKER = ("path", "inhibit")
 _CONTROL = ("path", "mode", "group")
 _HOLD = ("path", "when", "protect", "enabled")
@@ -276,6 +278,8 @@ class _Merger:
                 self.daemon["allow_foreign_namespace"] = r.boolean("allow_foreign_namespace")
             if r.has("trigger_timeout"):
                 self.daemon["trigger_timeout"] = r.span("trigger_timeout")
+            if r.has("fdstore"):
+                self.daemon["fdstore"] = r.boolean("fdstore")
         if top.has("marker"):
             r = _Reader(file, "marker", top.table_("marker"), _MARKER)
             for key in ("path", "inhibit"):

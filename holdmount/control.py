@@ -10,7 +10,10 @@ Protocol (version 1):
 - request: {"op": NAME, ...fields}; fds may ride along as SCM_RIGHTS (at most 16 per message).
 - reply: {"ok": true, ...fields} or {"ok": false, "error": "one line"}.
 - ops now: "ping" -> {"ok": true, "protocol": 1, "version": "..."}; "status" -> {"ok": true,
-  "status": {...}} (see holdmount.daemon.Daemon.status_dict).
+  "status": {...}} (see holdmount.daemon.Daemon.status_dict); "hold" / "release" (delegated
+  holds, docs/delegation.md). A refusal may carry "code" (a sysexits number for the client).
+- replies may carry fds too (a handler returns them under REPLY_FDS; the server sends and then
+  closes them); `Client.call_fds` receives them close-on-exec.
 
 Handlers register by op name (`Server.register`), receive a `Request` (body, fds, peer,
 connection) and return the reply fields; raising `RequestError` answers {"ok": false}. The server
@@ -45,10 +48,17 @@ MAX_FDS = 16
 MAX_CONNECTIONS = 128
 CLIENT_TIMEOUT = 60.0  # the daemon answers from its loop; a trigger may hold it up to 30 s
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not in Python 3.11
+MAX_GROUPS = 65536
+REPLY_FDS = "_fds"  # key of a handler's reply: fds to send with it (the server closes them)
 
 
 class RequestError(Exception):
-    """A request the daemon refuses: becomes {"ok": false, "error": str(e)}."""
+    """A request the daemon refuses: becomes {"ok": false, "error": str(e)} (+ "code")."""
+
+    def __init__(self, message: str, *, code: Exit | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +66,7 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()  # supplementary groups at connect time (SO_PEERGROUPS)
 
 
 class Connection:
@@ -83,7 +94,23 @@ Handler = Callable[[Request], Mapping[str, Any]]
 def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                   _UCRED.size))
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, peer_groups(sock))
+
+
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as the kernel recorded them at connect time."""
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < MAX_GROUPS * 4:
+                size *= 4
+                continue
+            return ()
+        groups = array.array("I")
+        groups.frombytes(raw[: len(raw) - len(raw) % 4])
+        return tuple(groups)
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
@@ -231,12 +258,18 @@ class Server:
             if not data and not fds:  # EOF (an empty message closes the connection too)
                 self._drop(conn)
                 return
-            reply = self._dispatch(conn, data, fds, flags)
+            reply = dict(self._dispatch(conn, data, fds, flags))
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._send(conn, reply)
+        out_fds: list[int] = list(reply.pop(REPLY_FDS, None) or [])
+        try:
+            self._send(conn, reply, out_fds)
+        finally:
+            for fd in out_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _dispatch(self, conn: Connection, data: bytes, fds: Sequence[int],
                   flags: int) -> Mapping[str, Any]:
@@ -257,7 +290,10 @@ class Server:
         try:
             reply = dict(handler(Request(op, body, tuple(fds), conn.peer, conn)))
         except RequestError as e:
-            return _error(str(e))
+            out = _error(str(e))
+            if e.code is not None:
+                out["code"] = int(e.code)
+            return out
         except Failure as e:
             return _error(e.message)
         except Exception as e:  # a bug in a handler must not take the daemon down
@@ -266,12 +302,17 @@ class Server:
         reply.setdefault("ok", True)
         return reply
 
-    def _send(self, conn: Connection, reply: Mapping[str, Any]) -> None:
+    def _send(self, conn: Connection, reply: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
         data = encode(reply)
         if len(data) > MAX_MESSAGE:
-            data = encode(_error(f"reply larger than {MAX_MESSAGE} bytes"))
+            data, fds = encode(_error(f"reply larger than {MAX_MESSAGE} bytes")), ()
         try:
-            conn.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            if fds:
+                conn.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            array.array("i", fds).tobytes())],
+                                  socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            else:
+                conn.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         except OSError:  # peer gone or not reading its replies: drop it
             self._drop(conn)
 
@@ -332,6 +373,14 @@ class Client:
         self.sock.close()
 
     def call(self, op: str, *, fds: Sequence[int] = (), **fields: Any) -> dict[str, Any]:
+        reply, received = self.call_fds(op, fds=fds, **fields)
+        for fd in received:
+            os.close(fd)
+        return reply
+
+    def call_fds(self, op: str, *, fds: Sequence[int] = (),
+                 **fields: Any) -> tuple[dict[str, Any], list[int]]:
+        """`call`, also returning the fds that came with the reply (close-on-exec; yours)."""
         data = encode({"op": op, **fields})
         if len(data) > MAX_MESSAGE:
             raise Failure(f"{op}: request larger than {MAX_MESSAGE} bytes", code=Exit.USAGE)
@@ -341,7 +390,7 @@ class Client:
                                             array.array("i", fds).tobytes())])
             else:
                 self.sock.send(data)
-            reply, _ancdata, flags, _ = self.sock.recvmsg(MAX_MESSAGE + 1)
+            reply, received, flags = _recv_blocking(self.sock)
         except TimeoutError:
             raise Failure(f"recv({self.path}): the daemon did not answer {op!r} in time",
                           hint="it may be triggering a hung automount; see journalctl -u "
@@ -349,15 +398,30 @@ class Client:
         except OSError as e:
             raise Failure(f"send({self.path}): {os.strerror(e.errno or 0)}",
                           code=Exit.UNAVAILABLE) from None
-        if not reply:
-            raise Failure(f"recv({self.path}): the daemon closed the connection",
-                          code=Exit.UNAVAILABLE)
-        if flags & socket.MSG_TRUNC:
-            raise Failure(f"recv({self.path}): reply too large", code=Exit.PROTOCOL)
         try:
-            return decode(reply)
-        except ValueError as e:
-            raise Failure(f"recv({self.path}): {e}", code=Exit.PROTOCOL) from None
+            if not reply:
+                raise Failure(f"recv({self.path}): the daemon closed the connection",
+                              code=Exit.UNAVAILABLE)
+            if flags & socket.MSG_TRUNC:
+                raise Failure(f"recv({self.path}): reply too large", code=Exit.PROTOCOL)
+            try:
+                return decode(reply), received
+            except ValueError as e:
+                raise Failure(f"recv({self.path}): {e}", code=Exit.PROTOCOL) from None
+        except Failure:
+            for fd in received:
+                os.close(fd)
+            raise
+
+
+def _recv_blocking(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    fds = array.array("i")
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
+                                           socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags
 
 
 def request(path: str, op: str, **fields: Any) -> dict[str, Any]:
@@ -365,5 +429,13 @@ def request(path: str, op: str, **fields: Any) -> dict[str, Any]:
     with Client(path) as client:
         reply = client.call(op, **fields)
     if reply.get("ok") is not True:
-        raise Failure(f"{op}: {reply.get('error', 'the daemon refused')}", code=Exit.FAILURE)
+        raise refusal(op, reply)
     return reply
+
+
+def refusal(op: str, reply: Mapping[str, Any]) -> Failure:
+    """The Failure for a reply with ok=false (its "code" when the daemon gave a known one)."""
+    code = Exit.FAILURE
+    with contextlib.suppress(ValueError, TypeError):
+        code = Exit(reply.get("code", Exit.FAILURE))
+    return Failure(f"{op}: {reply.get('error', 'the daemon refused')}", code=code)

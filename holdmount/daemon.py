@@ -9,6 +9,17 @@ Signal handlers only record the signal; `signal.set_wakeup_fd` wakes the loop, w
 work. SIGTERM (or SIGINT) starts the finalize exactly once: STOPPING=1, the marker checked on the
 filesystem *now*, the staged holds taken if they are missing, the actions run in order, holds
 kept until the last action ends, then released; later SIGTERMs are logged and ignored.
+
+Delegated holds (docs/delegation.md): clients ask over the control socket ("hold"/"release");
+each request becomes a lease that ends when the client's process exits (its pidfd is in the
+selector), when its connection closes (unless it named a pid to outlive), or on "release". A
+path is held once for all leases and released when the last one ends; config holds keep their
+own fd, so neither kind releases what the other still wants.
+
+Every held fd of a config hold goes to the service manager's fd store (FDSTORE=1); after a
+crash and restart they come back as LISTEN_FDS and are adopted, verified, before READY.
+The mount table is watched (POLLPRI on mountinfo): a held mount that is detached or covered is
+logged, shown in status, and a lost hold is taken again when the path can be mounted again.
 """
 
 from __future__ import annotations
@@ -24,16 +35,20 @@ from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
-from holdmount import __version__, hold, syscalls
+from holdmount import __version__, authorize, fdstore, hold, syscalls
 from holdmount.config import ActionConfig, Config, HoldConfig, When
-from holdmount.control import Server
+from holdmount.control import REPLY_FDS, Connection, Peer, Request, RequestError, Server
 from holdmount.errors import Exit, Failure, die
 from holdmount.finalize import Finalizer, Result, clear_stamp, read_stamp, write_stamp
+from holdmount.hold import HoldState
 from holdmount.log import log
 from holdmount.marker import MarkerWatch
+from holdmount.mounts import MountTable, MountWatcher
 from holdmount.notify import Notifier
 
 TERMINATE = (signal.SIGTERM, signal.SIGINT)
+MAX_PATHS = 15  # per hold request: one fd per path plus a pidfd fit in control.MAX_FDS
+MAX_PATH_LEN = 4096
 HANDLED = (*TERMINATE, signal.SIGHUP)
 
 
@@ -80,22 +95,72 @@ class Signals:
         os.close(self.wfd)
 
 
+def _hold_fields(h: hold.Hold | None) -> dict[str, Any]:
+    if h is None:
+        return {}
+    info = h.info
+    return {"fstype": info.fstype, "source": info.source, "mount_point": info.mount_point,
+            "automount": info.automount, "since": info.since, "protected": info.protected,
+            "resolved": info.resolved}
+
+
 @dataclasses.dataclass
 class HeldPath:
     config: HoldConfig
     hold: hold.Hold | None = None
     error: str | None = None
+    state: HoldState | None = None  # from the mount table; LOST also while not held again
+    lost_mount: str | None = None  # the mount point it was lost from (to take it again)
+    adopted: bool = False
+
+    @property
+    def path(self) -> str:
+        return self.config.path
+
+    @property
+    def fdname(self) -> str:
+        return fdstore.name_for(self.config.path)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.config.path, "when": str(self.config.when),
                              "protect": self.config.protect, "held": self.hold is not None,
-                             "error": self.error}
-        if self.hold is not None:
-            info = self.hold.info
-            d.update(fstype=info.fstype, source=info.source, mount_point=info.mount_point,
-                     automount=info.automount, since=info.since, protected=info.protected,
-                     resolved=info.resolved)
+                             "error": self.error,
+                             "state": str(self.state) if self.state else None,
+                             "adopted": self.adopted}
+        d.update(_hold_fields(self.hold))
         return d
+
+
+@dataclasses.dataclass
+class Lease:
+    """One client's hold request: ends when `pid` exits, `connection` closes, or on release."""
+
+    id: int
+    peer: Peer
+    pid: int  # whose exit ends the lease (the client, or --until-pid)
+    pidfd: int
+    connection: Connection | None  # None: outlives the connection (until_pid)
+    paths: set[str]
+    since: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lease": self.id, "pid": self.peer.pid, "uid": self.peer.uid,
+                "until": f"pid {self.pid} exits" + ("" if self.connection is None
+                                                    else " or its connection closes"),
+                "since": self.since}
+
+
+@dataclasses.dataclass
+class Delegated:
+    """A path held for clients: one fd, however many leases want it."""
+
+    path: str
+    hold: hold.Hold | None
+    leases: set[int]
+    error: str | None = None
+    state: HoldState | None = HoldState.HELD
+    lost_mount: str | None = None
+    protect: bool = False
 
 
 class Daemon:
@@ -120,6 +185,11 @@ class Daemon:
         self.watchdog_interval = (self.notifier.watchdog_usec / 2e6
                                   if self.notifier.watchdog_usec else None)
         self.next_watchdog: float | None = None
+        self.watcher: MountWatcher | None = None
+        self.leases: dict[int, Lease] = {}
+        self.delegated: dict[str, Delegated] = {}
+        self._next_lease = 1
+        self.stored: dict[str, fdstore.Stored] = {}  # handed back by the service manager
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -161,6 +231,7 @@ class Daemon:
                              mode=self.config.control.mode, group=self.config.control.group)
         self.server.register("status", lambda _req: {"status": self.status_dict()})
         self._register_ops(self.server)
+        self._collect_stored()
         if self.config.marker is not None:
             self.marker = MarkerWatch(self.config.marker.path)
             self.selector.register(self.marker.fileno(), selectors.EVENT_READ, self._on_marker)
@@ -169,6 +240,9 @@ class Daemon:
                 self._take(h, fatal=True)
         if self.marker is not None and self.marker.armed:
             self._arm()
+        self._drop_stored()
+        self.watcher = MountWatcher()
+        self.selector.register(self.watcher.fileno(), selectors.EVENT_READ, self._on_mounts)
         if self.watchdog_interval:
             self.next_watchdog = time.monotonic() + self.watchdog_interval
         self.state = State.RUNNING
@@ -176,9 +250,15 @@ class Daemon:
         log.info("ready: %s", self.summary())
 
     def _register_ops(self, server: Server) -> None:
-        """Hook for ops beyond status (issue 4: hold/release with SCM_RIGHTS fds)."""
+        """Ops beyond status: delegated holds (hold/release, fds by SCM_RIGHTS)."""
+        server.register("hold", self._op_hold)
+        server.register("release", self._op_release)
+        server.on_disconnect.append(self._on_disconnect)
 
     def _take(self, h: HeldPath, *, fatal: bool) -> None:
+        stored = self.stored.pop(h.fdname, None)
+        if stored is not None and self._adopt(h, stored):
+            return
         try:
             taken = hold.take([h.config.path], timeout=self.config.daemon.trigger_timeout,
                               protect=h.config.protect)
@@ -188,17 +268,329 @@ class Daemon:
                 raise
             log.error("hold %s: %s", h.config.path, e.message)
             return
-        h.hold, h.error = taken[0], None
+        h.hold, h.error, h.state, h.lost_mount, h.adopted = taken[0], None, HoldState.HELD, \
+            None, False
         info = taken[0].info
         log.info("holding %s: %s from %s on %s%s%s", info.path, info.fstype, info.source,
                  info.mount_point, " (automount)" if info.automount else "",
                  ", locked against tmpfiles cleanup" if info.protected else "")
+        if self.config.daemon.fdstore:
+            self.notifier.fdstore(taken[0].fd, h.fdname)
 
     def _release(self, h: HeldPath) -> None:
         if h.hold is not None:
             h.hold.release()
             log.info("released %s", h.config.path)
+            if self.config.daemon.fdstore:
+                self.notifier.fdstore_remove(h.fdname)
         h.hold = None
+        h.adopted = False
+        if h.state is HoldState.HELD or h.state is HoldState.COVERED:
+            h.state = None
+
+    # --- the fd store ---------------------------------------------------------------------
+
+    def _collect_stored(self) -> None:
+        for s in fdstore.listen_fds(self.environ):
+            if not self.config.daemon.fdstore:
+                log.info("fd store: dropping %s (fdstore = false)", s.name)
+                self._forget_stored(s)
+            elif s.name in self.stored:
+                log.warning("fd store: %s passed twice: dropping one", s.name)
+                self._forget_stored(s)
+            else:
+                self.stored[s.name] = s
+
+    def _forget_stored(self, s: fdstore.Stored) -> None:
+        with contextlib.suppress(OSError):
+            os.close(s.fd)
+        self.notifier.fdstore_remove(s.name)
+
+    def _drop_stored(self) -> None:
+        """Stored fds no hold claimed (a path gone from the config, a disarmed staged hold)."""
+        for s in self.stored.values():
+            log.info("fd store: %s is not held any more: dropped", s.name)
+            self._forget_stored(s)
+        self.stored.clear()
+
+    def _adopt(self, h: HeldPath, s: fdstore.Stored) -> bool:
+        """Use a held fd from before a restart — only if it is still what the path shows."""
+        path = h.config.path
+        try:
+            table = MountTable.read()
+            info = hold.verify(path, s.fd, table)
+            st = hold.state(info, table)
+            if st is not HoldState.HELD:
+                raise Failure(f"{path}: the stored fd's mount is {st}")
+            pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # never triggers
+            try:
+                now = os.fstat(pfd)
+            finally:
+                os.close(pfd)
+            if (now.st_dev, now.st_ino) != (info.dev, info.ino):
+                raise Failure(f"{path}: now names another directory than the stored fd")
+            if h.config.protect:
+                hold.lock(s.fd, path)
+                info = dataclasses.replace(info, protected=True)
+        except (Failure, OSError) as e:
+            reason = e.message if isinstance(e, Failure) else \
+                f"{os.strerror(e.errno or 0) if e.errno else e}"
+            log.warning("fd store: not adopting %s: %s", path, reason)
+            self._forget_stored(s)
+            return False
+        h.hold, h.error, h.state, h.lost_mount, h.adopted = hold.Hold(s.fd, info), None, \
+            HoldState.HELD, None, True
+        log.info("holding %s: adopted from the fd store (%s from %s on %s)", path, info.fstype,
+                 info.source, info.mount_point)
+        return True
+
+    # --- delegated holds ------------------------------------------------------------------
+
+    def _op_hold(self, req: Request) -> Mapping[str, Any]:
+        if self.state is not State.RUNNING:
+            raise RequestError(f"the daemon is {self.state}: no new holds", code=Exit.TEMPFAIL)
+        body = req.body
+        paths = _paths(body)
+        protect = _flag(body, "protect")
+        with_fds = _flag(body, "with_fds")
+        want_fds = _flag(body, "want_fds")
+        until_pid = body.get("until_pid")
+        if until_pid is not None and (not isinstance(until_pid, int)
+                                      or isinstance(until_pid, bool) or until_pid <= 0):
+            raise RequestError('"until_pid" must be a positive integer', code=Exit.USAGE)
+        has_pidfd = _flag(body, "pidfd")
+        if has_pidfd and until_pid is None:
+            raise RequestError('"pidfd" needs "until_pid"', code=Exit.USAGE)
+        expected = (len(paths) if with_fds else 0) + (1 if has_pidfd else 0)
+        if len(req.fds) != expected:
+            raise RequestError(f"expected {expected} fds with this request, got "
+                               f"{len(req.fds)}", code=Exit.USAGE)
+        root = req.peer.uid == 0
+        if not root and not with_fds:
+            raise RequestError(
+                "a non-root client must pass an fd of each path (open it O_PATH and send it "
+                "with SCM_RIGHTS; `holdmount hold` does)", code=Exit.NOPERM)
+        path_fds = req.fds[:len(paths)] if with_fds else ()
+        pidfd, pid = self._lease_pidfd(req, until_pid, req.fds[-1] if has_pidfd else None)
+        lease = Lease(self._next_lease, req.peer, pid, pidfd,
+                      None if until_pid is not None else req.connection, set(), time.time())
+        taken: list[str] = []
+        try:
+            for i, path in enumerate(paths):
+                self._claim(path, lease, protect,
+                            None if root else path_fds[i] if path_fds else None)
+                taken.append(path)
+        except BaseException:
+            for path in taken:
+                self._unclaim(path, lease.id, "request failed")
+            os.close(pidfd)
+            raise
+        self._next_lease += 1
+        self.leases[lease.id] = lease
+        self.selector.register(pidfd, selectors.EVENT_READ,
+                               lambda _mask, lid=lease.id: self._end_lease(lid, "pid exited"))
+        log.info("lease %d: holding %s for pid %d (uid %d) until %s", lease.id,
+                 ", ".join(paths), req.peer.pid, req.peer.uid, lease.as_dict()["until"])
+        self.notifier.status(self.summary())
+        reply: dict[str, Any] = {"lease": lease.id, "until": lease.as_dict()["until"],
+                                 "held": [{**self._delegated_dict(self.delegated[p]),
+                                           "info": self._info(p)} for p in paths]}
+        if want_fds:
+            reply[REPLY_FDS] = [os.dup(self._held_fd(p)) for p in paths]
+        return reply
+
+    def _info(self, path: str) -> dict[str, object]:
+        h = self.delegated[path].hold
+        assert h is not None
+        return h.info.as_dict()
+
+    def _held_fd(self, path: str) -> int:
+        h = self.delegated[path].hold
+        assert h is not None
+        return h.fd
+
+    def _lease_pidfd(self, req: Request, until_pid: int | None,
+                     passed: int | None) -> tuple[int, int]:
+        if passed is not None:
+            assert until_pid is not None
+            got = authorize.pidfd_pid(passed)
+            if got != until_pid:
+                raise RequestError(f"the pidfd passed is not one of pid {until_pid}"
+                                   + (f" (it is pid {got})" if got else ""), code=Exit.USAGE)
+            return os.dup(passed), until_pid
+        pid = until_pid if until_pid is not None else req.peer.pid
+        try:
+            return os.pidfd_open(pid), pid
+        except OSError as e:
+            raise RequestError(f"pidfd_open({pid}): {os.strerror(e.errno or 0)}",
+                               code=Exit.NOINPUT) from None
+
+    def _claim(self, path: str, lease: Lease, protect: bool, client_fd: int | None) -> None:
+        """Hold `path` for `lease` (authorized first when client_fd is given: non-root)."""
+        d = self.delegated.get(path)
+        was_trigger = False
+        if client_fd is not None:
+            was_trigger = authorize.check_identity(path, client_fd, MountTable.read())
+        new = d is None or d.hold is None
+        if new:
+            try:
+                taken = hold.take([path], timeout=self.config.daemon.trigger_timeout,
+                                  protect=protect)[0]
+            except Failure as e:
+                raise RequestError(e.message, code=e.code) from None
+            if d is None:
+                d = Delegated(path, taken, set(), protect=protect)
+                self.delegated[path] = d
+            else:
+                d.hold, d.error, d.state, d.lost_mount = taken, None, HoldState.HELD, None
+        assert d is not None and d.hold is not None
+        try:
+            if client_fd is not None:
+                if not was_trigger:
+                    authorize.check_mounted_root(path, client_fd, d.hold.fd)
+                authorize.check_may_read(path, d.hold.fd, lease.peer)
+            if protect and not d.hold.info.protected:
+                try:
+                    hold.lock(d.hold.fd, path)
+                except Failure as e:
+                    raise RequestError(e.message, code=e.code) from None
+                d.hold = hold.Hold(d.hold.fd, dataclasses.replace(d.hold.info, protected=True))
+                d.protect = True
+        except BaseException:
+            if new and not d.leases:
+                self._forget_delegated(d, "not authorized")
+            raise
+        d.leases.add(lease.id)
+        lease.paths.add(path)
+
+    def _unclaim(self, path: str, lease_id: int, why: str) -> None:
+        d = self.delegated.get(path)
+        if d is None:
+            return
+        d.leases.discard(lease_id)
+        if not d.leases:
+            self._forget_delegated(d, why)
+
+    def _forget_delegated(self, d: Delegated, why: str) -> None:
+        if d.hold is not None:
+            d.hold.release()
+            d.hold = None
+            log.info("released delegated hold %s (%s)", d.path, why)
+        self.delegated.pop(d.path, None)
+
+    def _end_lease(self, lease_id: int, why: str) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(lease.pidfd)
+        os.close(lease.pidfd)
+        for path in sorted(lease.paths):
+            self._unclaim(path, lease.id, f"lease {lease.id}: {why}")
+        log.info("lease %d ended: %s", lease.id, why)
+        self.notifier.status(self.summary())
+
+    def _on_disconnect(self, conn: Connection) -> None:
+        for lease in [x for x in self.leases.values() if x.connection is conn]:
+            self._end_lease(lease.id, "connection closed")
+
+    def _op_release(self, req: Request) -> Mapping[str, Any]:
+        paths = _paths(req.body)
+        if req.fds:
+            raise RequestError("release takes no fds", code=Exit.USAGE)
+        released: list[str] = []
+        for path in paths:
+            mine = [x for x in self.leases.values() if path in x.paths
+                    and (req.peer.uid == 0 or x.peer.uid == req.peer.uid)]
+            if not mine:
+                config = any(h.config.path == path and h.hold is not None for h in self.holds)
+                raise RequestError(
+                    f"release {path}: " + ("held by the configuration, not by a client; "
+                                           "it is not released over the socket" if config
+                                           else "no delegated hold of yours on it"),
+                    code=Exit.NOINPUT)
+            for lease in mine:
+                lease.paths.discard(path)
+                self._unclaim(path, lease.id, f"released by pid {req.peer.pid}")
+                if not lease.paths:
+                    self._end_lease(lease.id, "released")
+            released.append(path)
+        self.notifier.status(self.summary())
+        return {"released": released}
+
+    def _delegated_dict(self, d: Delegated) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": d.path, "held": d.hold is not None, "error": d.error,
+                               "state": str(d.state) if d.state else None,
+                               "protect": d.protect,
+                               "holders": [self.leases[i].as_dict() for i in sorted(d.leases)
+                                           if i in self.leases]}
+        out.update(_hold_fields(d.hold))
+        return out
+
+    # --- the mount table ------------------------------------------------------------------
+
+    def _on_mounts(self, _mask: int) -> None:
+        assert self.watcher is not None
+        self.check_mounts(self.watcher.read())
+
+    def check_mounts(self, table: MountTable) -> None:
+        """Judge every hold against a fresh table: log changes, take lost holds again."""
+        items: list[HeldPath | Delegated] = [*self.holds, *self.delegated.values()]
+        for item in items:
+            if item.hold is None:
+                continue
+            st = hold.state(item.hold.info, table)
+            if st is item.state:
+                continue
+            info = item.hold.info
+            if st is HoldState.HELD:
+                log.info("hold %s: %s on %s is visible again", item.path, info.fstype,
+                         info.mount_point)
+            elif st is HoldState.COVERED:
+                log.warning("hold %s: covered: something was mounted over %s (still held "
+                            "underneath)", item.path, info.mount_point)
+            else:
+                log.warning("hold %s: lost: %s on %s was unmounted (umount -l?); taking it "
+                            "again when it can be mounted", item.path, info.fstype,
+                            info.mount_point)
+            item.state = st
+            if st is HoldState.LOST:
+                item.lost_mount = info.mount_point
+                item.error = f"lost: {info.fstype} on {info.mount_point} was unmounted"
+                if isinstance(item, HeldPath):
+                    self._release(item)
+                    item.state = HoldState.LOST
+                else:
+                    item.hold.release()
+                    item.hold = None
+        if self.state is not State.RUNNING:
+            return
+        for item in items:
+            if item.hold is None and item.state is HoldState.LOST and \
+                    item.lost_mount is not None and table.top_at(item.lost_mount) is not None:
+                self._retake(item)
+
+    def _retake(self, item: HeldPath | Delegated) -> None:
+        if isinstance(item, HeldPath):
+            if item.config.when is When.STAGED and not (self.marker and self.marker.armed):
+                return
+            self._take(item, fatal=False)
+            if item.hold is None:
+                item.state = HoldState.LOST
+            else:
+                log.info("hold %s: taken again", item.path)
+        else:
+            try:
+                taken = hold.take([item.path], timeout=self.config.daemon.trigger_timeout,
+                                  protect=item.protect)[0]
+            except Failure as e:
+                item.error = f"lost, and taking it again failed: {e.message}"
+                log.error("hold %s: %s", item.path, item.error)
+                return
+            item.hold, item.error, item.state, item.lost_mount = taken, None, HoldState.HELD, \
+                None
+            log.info("hold %s: taken again", item.path)
+        self.notifier.status(self.summary())
 
     # --- events ---------------------------------------------------------------------------
 
@@ -291,12 +683,25 @@ class Daemon:
             log.error("%s", e.message)
         for h in self.holds:
             self._release(h)
+        self._end_all_leases("finalized")
         self.exit_code = int(Exit.FAILURE) if failures else int(Exit.OK)
         self.state = State.DONE
+
+    def _end_all_leases(self, why: str) -> None:
+        for lease_id in list(self.leases):
+            self._end_lease(lease_id, why)
+        for d in list(self.delegated.values()):
+            self._forget_delegated(d, why)
 
     def _cleanup(self) -> None:
         for h in self.holds:
             self._release(h)
+        self._end_all_leases("exiting")
+        for s in self.stored.values():
+            with contextlib.suppress(OSError):
+                os.close(s.fd)
+        if self.watcher is not None:
+            self.watcher.close()
         if self.server is not None:
             self.server.close()
         if self.marker is not None and self.state is not State.DONE:
@@ -312,6 +717,8 @@ class Daemon:
         parts = [f"holding {len(held)}: {', '.join(held)}" if held else "holding nothing"]
         if failed:
             parts.append(f"failed: {', '.join(failed)}")
+        if self.delegated:
+            parts.append(f"delegated {len(self.delegated)} for {len(self.leases)} clients")
         if self.marker is not None:
             parts.append("marker armed" if self.marker.armed else "marker disarmed")
         return "; ".join(parts)
@@ -330,6 +737,8 @@ class Daemon:
             "host_mount_namespace": self.host_ns,
             "mount_namespace": syscalls.mount_ns_id(),
             "holds": [h.as_dict() for h in self.holds],
+            "delegated": [self._delegated_dict(d) for d in self.delegated.values()],
+            "fdstore": self.config.daemon.fdstore and self.notifier.enabled,
             "marker": marker,
             "actions": [self._action_dict(a) for a in self.config.actions],
             "finalizing": self.finalizer.running,
@@ -355,6 +764,31 @@ class Daemon:
                 "argv": list(action.exec) if action.exec else None,
                 "merge": dataclasses.asdict(action.merge) if action.merge else None,
                 "last": last}
+
+
+def _paths(body: Mapping[str, Any]) -> list[str]:
+    paths = body.get("paths")
+    if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
+        raise RequestError(f'"paths" must be a list of 1 to {MAX_PATHS} absolute paths',
+                           code=Exit.USAGE)
+    out: list[str] = []
+    for p in paths:
+        if not isinstance(p, str) or not p.startswith("/") or "\0" in p \
+                or len(p) > MAX_PATH_LEN:
+            raise RequestError(f"not an absolute path: {str(p)[:80]!r}", code=Exit.USAGE)
+        norm = os.path.normpath(p)
+        if norm.startswith("//"):
+            norm = "/" + norm.lstrip("/")
+        if norm not in out:
+            out.append(norm)
+    return out
+
+
+def _flag(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError(f'"{key}" must be true or false', code=Exit.USAGE)
+    return value
 
 
 def main(config: Config) -> int:

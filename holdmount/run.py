@@ -5,6 +5,12 @@ ends; the command inherits none of the held fds (they are O_CLOEXEC); SIGINT/SIG
 friends sent to us are forwarded to it; the exit status is the command's (128+N if signal N
 killed it). Signals are received synchronously (blocked + sigwaitinfo), so no handler can run in
 the middle of anything.
+
+`--delegate auto|always|never` (default auto): ask the holdmount daemon to hold the paths in the
+host mount namespace (holdmount.delegate) when its socket answers, else hold in this process.
+Delegated, `run` never opens a path except O_PATH (no trigger: from a private namespace made
+before the mount a trigger hangs); checks go through the fds the daemon hands back. The daemon
+releases when `run` exits or its connection closes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-from holdmount import checks, hold, syscalls, tmpfiles
+from holdmount import checks, delegate, hold, syscalls, tmpfiles
 from holdmount.errors import Exit, Failure
 from holdmount.log import log
 
@@ -32,6 +38,11 @@ class RunSpec:
     require_writable: bool = False
     require_exec: bool = False
     trigger_timeout: float = hold.DEFAULT_TRIGGER_TIMEOUT
+    delegate: str = "auto"  # auto | always | never
+    socket: str | None = None
+
+
+DELEGATE_MODES = ("auto", "always", "never")
 
 
 def prepare(spec: RunSpec) -> list[hold.Hold]:
@@ -39,8 +50,24 @@ def prepare(spec: RunSpec) -> list[hold.Hold]:
     if syscalls.in_host_mount_ns() is False:
         log.warning("running in a mount namespace other than PID 1's: a hold taken here does "
                     "not keep an automount alive in the host namespace (autofs is not "
-                    "namespace-aware)")
+                    "namespace-aware); the holdmount daemon can hold it for you")
     holds = hold.take(spec.paths, timeout=spec.trigger_timeout, protect=spec.protect)
+    check(spec, holds)
+    return holds
+
+
+def prepare_delegated(spec: RunSpec, d: delegate.Delegation) -> list[hold.Hold]:
+    """The daemon holds; the fds it hands back (its held directories) serve the checks."""
+    want = spec.require_writable or spec.require_exec
+    reply, holds = d.hold(spec.paths, protect=spec.protect, want_fds=want)
+    for h in reply.get("held", []):
+        log.debug("the daemon holds %s: %s on %s (lease %s)", h.get("path"), h.get("fstype"),
+                  h.get("mount_point"), reply.get("lease"))
+    check(spec, holds)
+    return holds
+
+
+def check(spec: RunSpec, holds: list[hold.Hold]) -> None:
     try:
         for h in holds:
             if spec.require_writable:
@@ -55,7 +82,6 @@ def prepare(spec: RunSpec) -> list[hold.Hold]:
     except Failure:
         hold.release_all(holds)
         raise
-    return holds
 
 
 def warn_unprotectable(h: hold.Hold) -> None:
@@ -105,11 +131,24 @@ def run(spec: RunSpec) -> int:
     if not spec.command:
         raise Failure("run: no command given", hint="holdmount run --hold DIR -- COMMAND [ARG...]",
                       code=Exit.USAGE)
-    holds = prepare(spec)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED | {signal.SIGCHLD})
+    if spec.delegate not in DELEGATE_MODES:
+        raise Failure(f"run: --delegate {spec.delegate}: use auto, always or never",
+                      code=Exit.USAGE)
+    delegation = delegate.connect(spec.socket, spec.delegate) if spec.paths else None
     try:
-        pid = spawn(spec.command)
-        return wait_forwarding(pid)
+        if delegation is not None:
+            holds = prepare_delegated(spec, delegation)
+            hold.release_all(holds)  # the daemon holds; these were for the checks only
+            holds = []
+        else:
+            holds = prepare(spec)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED | {signal.SIGCHLD})
+        try:
+            pid = spawn(spec.command)
+            return wait_forwarding(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            hold.release_all(holds)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        hold.release_all(holds)
+        if delegation is not None:
+            delegation.close()  # the daemon ends the lease

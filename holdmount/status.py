@@ -33,6 +33,24 @@ def _when(ts: object) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _hold_lines(head: str, h: Mapping[str, Any], idle: str) -> list[str]:
+    state = h.get("state")
+    if h.get("held"):
+        line = (f"{head}: {h.get('fstype')} from {h.get('source')} on "
+                f"{h.get('mount_point')}{', automount' if h.get('automount') else ''}"
+                f"{', protected' if h.get('protected') else ''}"
+                f"{', adopted from the fd store' if h.get('adopted') else ''}, since "
+                f"{_when(h.get('since'))}")
+        if state and state != "held":
+            line += f"; state: {state}"
+        return [line]
+    if state == "lost":
+        return [f"{head}: state: lost: {h.get('error') or 'unmounted'}"]
+    if h.get("error"):
+        return [f"{head}: NOT HELD: {h['error']}"]
+    return [f"{head}: {idle}"]
+
+
 def render(s: Mapping[str, Any]) -> list[str]:
     ns = s.get("host_mount_namespace")
     out = [f"holdmount daemon {s.get('version', '?')}, pid {s.get('pid', '?')}: "
@@ -54,16 +72,18 @@ def render(s: Mapping[str, Any]) -> list[str]:
     holds = s.get("holds", [])
     out.append(f"holds: {len(holds)}")
     for h in holds:
-        head = f"  {h.get('path')} [{h.get('when')}]"
-        if h.get("held"):
-            out.append(f"{head}: {h.get('fstype')} from {h.get('source')} on "
-                       f"{h.get('mount_point')}{', automount' if h.get('automount') else ''}"
-                       f"{', protected' if h.get('protected') else ''}, since "
-                       f"{_when(h.get('since'))}")
-        elif h.get("error"):
-            out.append(f"{head}: NOT HELD: {h['error']}")
-        else:
-            out.append(f"{head}: not held (waiting for the marker)")
+        out.extend(_hold_lines(f"  {h.get('path')} [{h.get('when')}]", h,
+                               "not held (waiting for the marker)"))
+    delegated = s.get("delegated") or []
+    if delegated or "delegated" in s:
+        out.append(f"delegated holds: {len(delegated)}"
+                   + ("" if s.get("fdstore") is None else
+                      f" (fd store {'on' if s.get('fdstore') else 'off'} for configured holds)"))
+    for d in delegated:
+        out.extend(_hold_lines(f"  {d.get('path')}", d, "not held"))
+        for c in d.get("holders") or []:
+            out.append(f"    for pid {c.get('pid')} (uid {c.get('uid')}), lease "
+                       f"{c.get('lease')}, until {c.get('until')}")
     actions = s.get("actions", [])
     out.append(f"actions: {len(actions)} (run in this order at SIGTERM)")
     for a in actions:
