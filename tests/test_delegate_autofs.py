@@ -87,7 +87,7 @@ def test_job_in_namespace_made_before_the_mount_is_held_by_the_daemon(
         from holdmount.mounts import MountTable
         assert not MountTable.read(job.pid).is_real_mounted(autofs.mp["a"])
         samples = sample(autofs, "a", job)
-        out, err = job.communicate()
+        _, err = job.communicate()
         assert job.returncode == 0, err
         assert len(samples) >= 20 and all(samples), \
             f"expired while the job ran: {samples.count(False)} of {len(samples)}"
