@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -104,6 +106,18 @@ def run(params: Params, only: set[str], progress: Callable[[str], None]) -> list
     return rows
 
 
+def _source() -> dict[str, str]:
+    """Which holdmount was measured: its directory and the checkout's commit."""
+    spec = importlib.util.find_spec("holdmount")
+    src = str(Path(spec.origin).parent) if spec and spec.origin else "?"
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"holdmount_src": src, "commit": commit}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/run", description="holdmount vs its peers, side "
                                 "by side in one run; prints a Markdown table, writes JSON.")
@@ -133,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             "started": started.isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - t0, 1), **report.machine(),
             "command": "bench/run" + {"full": "", "quick": " --quick",
-                                      "smoke": " --smoke"}[params.name]}
+                                      "smoke": " --smoke"}[params.name],
+            **_source()}
     out = Path(args.out) if args.out else REPO / "bench" / "results" / (
         f"{params.name}-{started.strftime('%Y%m%dT%H%M%SZ')}.json")
     report.write_json(out, rows, meta)
     print(f"bench/run ({params.name}) {started:%Y-%m-%d %H:%M} UTC, {meta['cores']} cores, "
-          f"kernel {meta['kernel']}, Python {meta['python']}, {meta['duration_s']} s\n")
+          f"kernel {meta['kernel']}, Python {meta['python']}, {meta['duration_s']} s, "
+          f"holdmount from {meta['holdmount_src']} ({meta['commit']})\n")
     print(report.table(rows))
     print(f"JSON: {out}")
     return 0

@@ -66,6 +66,7 @@ class Procs:
             _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0)
 
         kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("cwd", "/")  # as systemd starts a service; and -m finds no package here
         if log is not None:
             out = open(log, "ab")  # noqa: SIM115 - the child has its copy after Popen
             kw.setdefault("stdout", out)
