@@ -68,8 +68,8 @@ def test_kill_9_does_not_let_the_held_automount_expire(container_factory: Factor
         assert all(samples), f"expired while the daemon was dead: {samples.count(False)} of " \
                              f"{len(samples)} samples"
         assert "adopted from the fd store" in journal, journal[-3000:]
-        hold = status(c)["holds"][0]  # type: ignore[index]
-        assert hold["held"] is True and hold["adopted"] is True  # type: ignore[index]
+        holds: list[dict[str, object]] = status(c)["holds"]  # type: ignore[assignment]
+        assert holds[0]["held"] is True and holds[0]["adopted"] is True
         assert unit_prop(c, "holdmount.service", "NFileDescriptorStore") == "1"
     else:
         assert not all(samples), "expected the unheld automount to expire (control case)"
