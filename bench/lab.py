@@ -366,7 +366,16 @@ class Daemon:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        return self.lab.procs.stop(self.proc, sig, timeout)
+        """Signal the daemon and keep draining its notify socket until it exits, as systemd
+        would: it sends FDSTOREREMOVE=1 per hold while it releases them, and a datagram socket
+        queues only net.unix.max_dgram_qlen (10) messages before sendto() blocks."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                self.notify.recv(0.002)
+        return self.lab.procs.stop(self.proc, signal.SIGKILL, 10)
 
 
 @contextlib.contextmanager
