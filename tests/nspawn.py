@@ -42,7 +42,11 @@ from holdmount.mounts import MountTable
 
 TEST_TARGET = "holdmount-test.target"
 UNIT_DIR = "/etc/systemd/system"
-VENV_PYTHON = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
+REPO = Path(__file__).resolve().parent.parent
+VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
+# The checkout (and its venv) is bound in at its own path: the overlay of / would show it too,
+# but not when it lives under /tmp (nspawn mounts a tmpfs there) or on another filesystem.
+REPO_BIND = f"--bind-ro={REPO}:{REPO}"
 
 # A file's content, or (content, mode) for another mode than 0644 (e.g. 0o755 for a script).
 FileSpec = str | bytes | tuple[str | bytes, int]
@@ -283,6 +287,7 @@ class Container:
                 "systemd-nspawn", "-D", str(self.ns_dir / "root"), "-M", self.machine,
                 "--boot", "--register=no", "--keep-unit", f"--console={self.console_mode}",
                 "--link-journal=no", "--bind=/dev/autofs",
+                *([] if REPO_BIND in self.extra_args else [REPO_BIND]),
                 *(f"--bind={b}" for b in self.binds), *self.extra_args,
                 # arguments for the container's systemd (parsed like a kernel command line):
                 # "[  OK  ] ..." status lines on the console, which boot errors include
