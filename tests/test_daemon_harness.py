@@ -34,6 +34,7 @@ class NotifyListener:
         self.sock.settimeout(0.1)
         self.messages: list[dict[str, str]] = []
         self.fds: list[int] = []
+        self.stored: dict[str, list[int]] = {}  # FDSTORE=1 fds by FDNAME
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._drain, daemon=True)
@@ -53,13 +54,23 @@ class NotifyListener:
                 data, anc, _flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(64))
             except (TimeoutError, BlockingIOError, OSError):
                 return
+            got: list[int] = []
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    self.fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
-                                    for i in range(0, len(payload) - len(payload) % 4, 4))
+                    got.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
+                               for i in range(0, len(payload) - len(payload) % 4, 4))
             fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
             with self.lock:
                 self.messages.append(fields)
+                # like systemd's fd store: FDSTOREREMOVE=1 closes the fds stored under FDNAME
+                # (a stored held fd kept here would keep the test's automount from expiring)
+                name = fields.get("FDNAME", "stored")
+                if fields.get("FDSTOREREMOVE") == "1":
+                    for fd in self.stored.pop(name, []):
+                        self.fds.remove(fd)
+                        os.close(fd)
+                self.fds.extend(got)
+                self.stored.setdefault(name, []).extend(got)
 
     def has(self, key: str, value: str | None = None) -> bool:
         return any(key in m and (value is None or m[key] == value) for m in self.poll())
