@@ -119,3 +119,29 @@ def test_fdstore_config_switch() -> None:
     assert config.loads("[daemon]\nfdstore = false\n").daemon.fdstore is False
     with pytest.raises(Failure, match=r"daemon\.fdstore: must be true or false"):
         config.loads('[daemon]\nfdstore = "no"\n')
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_socket_mode_and_group_are_applied() -> None:
+    import grp
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="holdmount-sock-"))
+    base.chmod(0o755)
+    try:
+        with DaemonProc(base, '[control]\nmode = "0660"\ngroup = "nogroup"\n') as d:
+            d.wait_ready()
+            st = os.stat(d.socket)
+            assert st.st_mode & 0o777 == 0o660
+            assert st.st_gid == grp.getgrnam("nogroup").gr_gid
+            as_user = ["setpriv", "--reuid=65534", "--regid=54321"]  # 54321: not nogroup
+            outsider = subprocess.run([*as_user, "--clear-groups", *HM, "status"],
+                                      env=env_for(d.socket), capture_output=True, text=True)
+            assert outsider.returncode == 69 and "Permission denied" in outsider.stderr, \
+                outsider.stderr
+            member = subprocess.run([*as_user, "--groups=65534", *HM, "status"],
+                                    env=env_for(d.socket), capture_output=True, text=True)
+            assert member.returncode == 0, member.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
