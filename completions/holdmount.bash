@@ -8,7 +8,7 @@ _holdmount() {
     # options of each command; option arguments by kind; verbs; positional kinds ("+": repeats)
     local -A opts=(
         ['holdmount']="-h --help --version --debug"
-        ['holdmount run']="-h --help --hold --protect --require-writable --require-exec --trigger-timeout"
+        ['holdmount run']="-h --help --hold --protect --require-writable --require-exec --trigger-timeout --delegate"
         ['holdmount merge']="-h --help --dry-run --json"
         ['holdmount overlay']="-h --help"
         ['holdmount overlay changes']="-h --help --json"
@@ -16,10 +16,13 @@ _holdmount() {
         ['holdmount daemon']="-h --help --config --no-config --hold --allow-foreign-namespace --check"
         ['holdmount status']="-h --help --json --socket"
         ['holdmount report']="-h --help --stamp --config"
+        ['holdmount hold']="-h --help --until-pid --protect --socket"
+        ['holdmount release']="-h --help --socket"
     )
     local -A args=(
         ['holdmount run --hold']=dir
         ['holdmount run --trigger-timeout']=none
+        ['holdmount run --delegate']=words:auto,always,never
         ['holdmount doctor --trigger-timeout']=none
         ['holdmount doctor --tmpfiles-root']=dir
         ['holdmount doctor --systemd-address']=none
@@ -28,9 +31,12 @@ _holdmount() {
         ['holdmount status --socket']=file
         ['holdmount report --stamp']=file
         ['holdmount report --config']=file
+        ['holdmount hold --until-pid']=none
+        ['holdmount hold --socket']=file
+        ['holdmount release --socket']=file
     )
     local -A verbs=(
-        ['holdmount']="run merge overlay doctor daemon status report"
+        ['holdmount']="run merge overlay doctor daemon status report hold release"
         ['holdmount overlay']="changes"
     )
     local -A pos=(
@@ -38,6 +44,8 @@ _holdmount() {
         ['holdmount merge']="dir dir"
         ['holdmount overlay changes']="dir"
         ['holdmount doctor']="file+"
+        ['holdmount hold']="file+"
+        ['holdmount release']="file+"
     )
     local path=holdmount npos=0 i=1 w kind="" ended=0 kinds
     while [ "$i" -lt "$COMP_CWORD" ]; do
@@ -88,6 +96,8 @@ _holdmount() {
         dir) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
         file) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
         command) mapfile -t COMPREPLY < <(compgen -c -- "$cur") ;;
+        words:*) local words=${kind#words:}
+                 mapfile -t COMPREPLY < <(compgen -W "${words//,/ }" -- "$cur") ;;
         *) COMPREPLY=() ;;
     esac
     return 0

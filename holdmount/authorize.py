@@ -133,20 +133,5 @@ def _wait_bounded(pid: int, timeout: float) -> int:
         os.close(pidfd)
 
 
-def pidfd_pid(fd: int) -> int | None:
-    """The pid a pidfd refers to (None: not a pidfd). Reads /proc/self/fdinfo (Pid:)."""
-    try:
-        if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[pidfd]":
-            return None
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    pid = int(line.split()[1])
-                    return pid if pid > 0 else None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _id(st: os.stat_result) -> str:
     return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}:{st.st_ino}"

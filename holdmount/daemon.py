@@ -413,7 +413,7 @@ class Daemon:
                      passed: int | None) -> tuple[int, int]:
         if passed is not None:
             assert until_pid is not None
-            got = authorize.pidfd_pid(passed)
+            got = syscalls.pidfd_pid(passed)
             if got != until_pid:
                 raise RequestError(f"the pidfd passed is not one of pid {until_pid}"
                                    + (f" (it is pid {got})" if got else ""), code=Exit.USAGE)

@@ -78,13 +78,34 @@ def fstatfs(fd: int) -> StatFs:
     )
 
 
-def fd_mnt_id(fd: int, pid: int | str = "self") -> int:
-    """The mount id of the mount `fd` lives on (mnt_id: in /proc/PID/fdinfo/FD)."""
+def fdinfo_field(fd: int, key: str, pid: int | str = "self") -> str | None:
+    """One `key:` field of /proc/PID/fdinfo/FD, or None when the fd has no such field."""
     with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as f:
         for line in f:
-            if line.startswith("mnt_id:"):
-                return int(line.split()[1])
-    raise OSError(f"no mnt_id in /proc/{pid}/fdinfo/{fd}")
+            name, sep, value = line.partition(":")
+            if sep and name == key:
+                return value.strip()
+    return None
+
+
+def fd_mnt_id(fd: int, pid: int | str = "self") -> int:
+    """The mount id of the mount `fd` lives on (mnt_id: in /proc/PID/fdinfo/FD)."""
+    value = fdinfo_field(fd, "mnt_id", pid)
+    if value is None:
+        raise OSError(f"no mnt_id in /proc/{pid}/fdinfo/{fd}")
+    return int(value)
+
+
+def pidfd_pid(fd: int) -> int | None:
+    """The pid a pidfd refers to (None: not a pidfd, or the process is gone)."""
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[pidfd]":
+            return None
+        value = fdinfo_field(fd, "Pid")
+        pid = int(value) if value is not None else 0
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
 
 
 def mount_ns_id(pid: int | str = "self") -> int:

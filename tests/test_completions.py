@@ -116,12 +116,15 @@ def test_bash_option_values(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     cases, expect = [], []
     for path, parser in ALL.items():
+        choices = {o: a.choices for a in parser._actions for o in a.option_strings}
         for opt, metavar in arg_options(parser).items():
             if not opt.startswith("--"):
                 continue
             cases.append(["holdmount", *path, opt, "a"])
             cases.append(["holdmount", *path, f"{opt}=a"])
-            if metavar in ("DIR",):
+            if choices.get(opt):  # --delegate auto|always|never: its words
+                wanted = sorted(str(c) for c in choices[opt] if str(c).startswith("a"))
+            elif metavar in ("DIR",):
                 wanted = ["adir"]
             elif metavar in ("FILE", "PATH"):
                 wanted = ["adir", "afile"]
