@@ -43,7 +43,7 @@ FULL = Params("full", idle=60, startup_runs=30, sigterm_runs=100, marker_runs=20
               overlay_files=200_000, overlay_changes=200, overlay_reps=5,
               merge_files=10_000, merge_bytes=1 << 30, merge_reps=3)
 QUICK = Params("quick", idle=20, startup_runs=15, sigterm_runs=50, marker_runs=100,
-               scale_dirs=(100, 1000, 3000), scale_autofs=(10, 100, 300), scale_reps=1,
+               scale_dirs=(100, 1000, 10000), scale_autofs=(10, 100, 300), scale_reps=1,
                overlay_files=200_000, overlay_changes=200, overlay_reps=3,
                merge_files=2_000, merge_bytes=200 << 20, merge_reps=2)
 # the smoke test's: every row runs, in seconds; the numbers mean nothing
@@ -115,7 +115,14 @@ def _source() -> dict[str, str]:
                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except OSError:
         commit = ""
-    return {"holdmount_src": src, "commit": commit}
+    out = {"holdmount_src": src, "checkout": commit}
+    if os.environ.get("HOLDMOUNT_BENCH_REV"):
+        out["holdmount_rev"] = os.environ["HOLDMOUNT_BENCH_REV"]
+    elif os.environ.get("HOLDMOUNT_BENCH_SRC"):
+        out["holdmount_rev"] = "(a copy in HOLDMOUNT_BENCH_SRC)"
+    else:
+        out["holdmount_rev"] = f"working tree of {commit}"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out, rows, meta)
     print(f"bench/run ({params.name}) {started:%Y-%m-%d %H:%M} UTC, {meta['cores']} cores, "
           f"kernel {meta['kernel']}, Python {meta['python']}, {meta['duration_s']} s, "
-          f"holdmount from {meta['holdmount_src']} ({meta['commit']})\n")
+          f"holdmount {meta['holdmount_rev']} ({meta['holdmount_src']})\n")
     print(report.table(rows))
     print(f"JSON: {out}")
     return 0
