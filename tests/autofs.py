@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox import Cgroup
+from sandbox import Cgroup, wait_for
 
 from holdmount.mounts import MountTable
 
@@ -112,16 +112,6 @@ class AutofsLab:
                 self.proc.wait()
         self.cgroup.remove()
         self.log.close()
-
-
-def wait_for(pred: Callable[[], bool], limit: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + limit
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
 
 
 def lab_base() -> Path:

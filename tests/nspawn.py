@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from sandbox import Cgroup
+from sandbox import Cgroup, wait_for
 
 from holdmount.mounts import MountTable
 
@@ -380,13 +380,7 @@ class Container:
         return MountTable.read(self.init_pid)
 
     def wait_for(self, pred: Callable[[], bool], limit: float, step: float = 0.1) -> bool:
-        deadline = time.monotonic() + limit
-        while True:
-            if pred():
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(step)
+        return wait_for(pred, limit, step)
 
     # --- stopping ------------------------------------------------------------------------------
     def poweroff(self, timeout: float = 120) -> int:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +89,14 @@ class Cgroup:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def wait_for(pred: Callable[[], bool], limit: float, step: float = 0.05) -> bool:
+    """Poll `pred` every `step` seconds until it is true (True) or `limit` passes (False)."""
+    deadline = time.monotonic() + limit
+    while True:
+        if pred():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)

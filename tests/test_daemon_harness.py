@@ -10,10 +10,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import sandbox
 
 from holdmount import control
 
@@ -92,13 +93,7 @@ class NotifyListener:
 
 
 def wait_for(pred: Callable[[], bool], limit: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + limit
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
+    return sandbox.wait_for(pred, limit, step)
 
 
 class DaemonProc:
