@@ -25,15 +25,16 @@ import dataclasses
 import errno
 import fcntl
 import os
+import random
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 
-from holdmount import overlay
+from holdmount import overlay, syscalls
 from holdmount.errors import Exit, Failure, die, os_failure
 
 TEMP_PREFIX = ".holdmount-merge."
+_rng = random.Random(os.urandom(16))
 _TEMP_NAME = re.compile(r"\.holdmount-merge\..*\.[0-9a-f]{8}", re.DOTALL)
 _NAME_MAX = 255
 _CHUNK = 1 << 20
@@ -52,7 +53,7 @@ def is_temp_name(name: str) -> bool:
 
 def temp_name(name: str) -> str:
     """`.holdmount-merge.<name>.<8 hex>`, with <name> cut so the result fits NAME_MAX bytes."""
-    suffix = "." + secrets.token_hex(4)
+    suffix = f".{_rng.getrandbits(32):08x}"  # unique enough: created O_EXCL
     room = _NAME_MAX - len(TEMP_PREFIX) - len(suffix)
     raw = os.fsencode(name)[:room]
     return TEMP_PREFIX + os.fsdecode(raw) + suffix
@@ -104,6 +105,7 @@ class _Item:
     st: os.stat_result
     op: str
     link_to: str | None = None  # for LINK: rel of the first name
+    existed: bool = False  # DEST had something at rel when planned
 
 
 def _at(base: str, rel: str) -> str:
@@ -211,6 +213,8 @@ def _plan(staged: str, dest: str, root_st: os.stat_result) -> _Plan:
     first_dest_ino: dict[tuple[int, int], int | None] = {}  # ... -> its DEST inode if kept
     # DEST inode kept -> the STAGED inode it stands for
     owner: dict[tuple[int, int], tuple[int, int]] = {}
+    # DEST's entries of a directory planned but not yet walked (None: DEST has no such directory)
+    listings: dict[str, dict[str, os.DirEntry[str]] | None] = {}
 
     def plan_dir(rel: str, st: os.stat_result) -> None:
         nonlocal new_inodes
@@ -219,6 +223,7 @@ def _plan(staged: str, dest: str, root_st: os.stat_result) -> _Plan:
         if d is None:
             items.append(_Item(rel, st, _Op.MKDIR))
             new_inodes += 1
+            listings[rel] = None
             return
         if not stat.S_ISDIR(d.st_mode):
             kind = "a symlink" if stat.S_ISLNK(d.st_mode) else "not a directory"
@@ -227,20 +232,29 @@ def _plan(staged: str, dest: str, root_st: os.stat_result) -> _Plan:
                 hint="move it away in DEST or fix STAGED, then rerun; nothing was written",
                 code=Exit.DATAERR)
         same = (_same_meta(st, d) and _xattrs(_at(staged, rel)) == _xattrs(dpath))
-        items.append(_Item(rel, st, _Op.DIROK if same else _Op.DIRMETA))
+        items.append(_Item(rel, st, _Op.DIROK if same else _Op.DIRMETA, existed=True))
         try:
-            names = os.listdir(dpath)
+            with os.scandir(dpath) as it:
+                listing = {ent.name: ent for ent in it}
         except OSError as e:
-            raise os_failure("listdir", dpath, e) from e
-        staged_here = set(os.listdir(_at(staged, rel)))
-        for name in names:
-            if is_temp_name(name) and name not in staged_here:
-                t = os.lstat(os.path.join(dpath, name))
-                if not stat.S_ISDIR(t.st_mode):
+            raise os_failure("scandir", dpath, e) from e
+        listings[rel] = listing
+        staged_here: set[str] | None = None
+        for name, ent in listing.items():
+            if is_temp_name(name):
+                if staged_here is None:
+                    staged_here = set(os.listdir(_at(staged, rel)))
+                if name not in staged_here and not ent.is_dir(follow_symlinks=False):
                     temps.append(_rel_join(rel, name))
 
     plan_dir(".", root_st)
+    cur_parent: str | None = None
+    here: dict[str, os.DirEntry[str]] | None = None
     for rel, st in _walk(staged):
+        parent, _, name = rel.rpartition("/")
+        parent = parent or "."
+        if parent != cur_parent:  # _walk yields a directory's entries together
+            cur_parent, here = parent, listings.pop(parent)
         spath = _at(staged, rel)
         if stat.S_ISDIR(st.st_mode):
             plan_dir(rel, st)
@@ -250,7 +264,13 @@ def _plan(staged: str, dest: str, root_st: os.stat_result) -> _Plan:
                 hint="remove it from STAGED (sockets are created by the program that listens)",
                 code=Exit.DATAERR)
         dpath = _at(dest, rel)
-        d = _lstat(dpath)
+        found = here.get(name) if here is not None else None
+        try:
+            d = found.stat(follow_symlinks=False) if found is not None else None
+        except FileNotFoundError:
+            d = None
+        except OSError as e:
+            raise os_failure("lstat", dpath, e) from e
         if d is not None and stat.S_ISDIR(d.st_mode):
             die(f"merge({dpath}): a directory in DEST where STAGED has a file ({spath})",
                 hint="move it away in DEST or fix STAGED, then rerun; nothing was written",
@@ -259,18 +279,19 @@ def _plan(staged: str, dest: str, root_st: os.stat_result) -> _Plan:
         if st.st_nlink > 1 and key in first_name:
             kept = first_dest_ino[key]
             if d is not None and kept is not None and d.st_ino == kept:
-                items.append(_Item(rel, st, _Op.SAME))
+                items.append(_Item(rel, st, _Op.SAME, existed=True))
             else:
-                items.append(_Item(rel, st, _Op.LINK, link_to=first_name[key]))
+                items.append(_Item(rel, st, _Op.LINK, link_to=first_name[key],
+                                   existed=d is not None))
             continue
         first_name[key] = rel
         if (d is not None and owner.get((d.st_dev, d.st_ino), key) == key
                 and _same_entry(spath, st, dpath, d)):
-            items.append(_Item(rel, st, _Op.SAME))
+            items.append(_Item(rel, st, _Op.SAME, existed=True))
             owner[(d.st_dev, d.st_ino)] = key
             first_dest_ino[key] = d.st_ino
         else:
-            items.append(_Item(rel, st, _Op.COPY))
+            items.append(_Item(rel, st, _Op.COPY, existed=d is not None))
             first_dest_ino[key] = None
             new_inodes += 1
             if stat.S_ISREG(st.st_mode):
@@ -313,9 +334,21 @@ def _preflight(dest: str, plan: _Plan) -> None:
 
 # --- writing ----------------------------------------------------------------------------------
 
+# Temp files are written in batches: a batch is made durable by one syncfs() per filesystem it
+# wrote to, then renamed over its targets (and the end of the merge syncfs()es once more). The
+# batch is bounded, so a huge merge never has more than this many temp files, or bytes waiting
+# for the disk, at once.
+_BATCH_FILES = 1000
+_BATCH_BYTES = 256 << 20
+# FUSE: syncfs() flushes the server's files only when the server implements FUSE_SYNCFS, so there
+# every file and changed directory is fsync'ed instead (the per-file way)
+_FUSE_SUPER_MAGIC = 0x65735546
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 def _copy_data(src_fd: int, dst_fd: int) -> None:
     try:
-        while os.copy_file_range(src_fd, dst_fd, _CHUNK * 16):
+        while os.copy_file_range(src_fd, dst_fd, _CHUNK * 64):
             pass
         return
     except OSError as e:
@@ -341,69 +374,147 @@ def _set_xattrs(target: str | int, values: dict[str, bytes], *, follow: bool = T
             os.setxattr(target, name, value, follow_symlinks=follow)
 
 
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, name = rel.rpartition("/")
+    return parent or ".", name
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """A temp file written (or, for a hardlink, to be linked) and not yet renamed."""
+
+    rel_dir: str
+    tmp: str  # "" for a hardlink: its temp name is made when it is installed
+    name: str
+    link_src: str | None  # hardlink: the DEST path of the inode's first name
+
+
 class _Writer:
     def __init__(self, staged: str, dest: str) -> None:
         self.staged = staged
         self.dest = dest
-        self.dirty: set[str] = set()  # DEST directories whose entries changed (to fsync)
+        self.dirty: set[str] = set()  # DEST directories whose entries or metadata changed
+        self.sync_fds: dict[int, int] = {}  # st_dev -> an fd there, opened before writing
+        self.fsync_devs: set[int] = set()  # filesystems where each file is fsync'ed instead
+        self.pending: list[_Pending] = []
+        self.pending_bytes = 0
+        self.pending_devs: set[int] = set()
+        # the directory being written: rel, its STAGED and DEST fds, DEST's device
+        self.cur_rel: str | None = None
+        self.cur_sfd = -1
+        self.cur_dfd = -1
+        self.cur_dev = 0
 
     def _fail(self, call: str, path: str, exc: OSError) -> Failure:
         f = os_failure(call, path, exc)
         hint = f"{f.hint}; {_RERUN_HINT}" if f.hint else _RERUN_HINT
         return Failure(f.message, hint=hint, code=f.code)
 
-    def _install(self, tmp: str, target: str) -> None:
+    def _register(self, fd: int) -> int:
+        """The device of `fd` (a DEST directory); the first time: keep an fd for syncfs()."""
+        dev = os.fstat(fd).st_dev
+        if dev not in self.sync_fds:
+            self.sync_fds[dev] = os.dup(fd)
+            if syscalls.fstatfs(fd).f_type == _FUSE_SUPER_MAGIC:
+                self.fsync_devs.add(dev)
+        return dev
+
+    def start(self) -> None:
+        """Open DEST's filesystem before writing: syncfs() reports writeback errors from here."""
         try:
-            os.rename(tmp, target)
+            fd = os.open(self.dest, _DIR_FLAGS)
+            try:
+                self._register(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
-            _unlink_quiet(tmp)
-            raise self._fail("rename", target, e) from e
-        if os.path.lexists(tmp):  # rename() onto the same inode is a no-op
-            _unlink_quiet(tmp)
-        self.dirty.add(os.path.dirname(target))
+            raise self._fail("open", self.dest, e) from e
+
+    def _leave(self) -> None:
+        for fd in (self.cur_sfd, self.cur_dfd):
+            if fd >= 0:
+                os.close(fd)
+        self.cur_rel, self.cur_sfd, self.cur_dfd = None, -1, -1
+
+    def _enter(self, rel: str) -> None:
+        """Make `rel` the directory being written (dir_fd-relative calls from here on)."""
+        if rel == self.cur_rel:
+            return
+        self._leave()
+        spath, dpath = _at(self.staged, rel), _at(self.dest, rel)
+        try:
+            self.cur_sfd = os.open(spath, _DIR_FLAGS)
+        except OSError as e:
+            raise self._fail("open", spath, e) from e
+        try:
+            self.cur_dfd = os.open(dpath, _DIR_FLAGS)
+            self.cur_dev = self._register(self.cur_dfd)
+        except OSError as e:
+            raise self._fail("open", dpath, e) from e
+        self.cur_rel = rel
+
+    def close(self) -> None:
+        self._leave()
+        for fd in self.sync_fds.values():
+            os.close(fd)
+        self.sync_fds.clear()
+
+    def _queue(self, p: _Pending, size: int) -> None:
+        self.pending.append(p)
+        self.pending_bytes += size
+        self.pending_devs.add(self.cur_dev)
+        if len(self.pending) >= _BATCH_FILES or self.pending_bytes >= _BATCH_BYTES:
+            self.flush()
 
     def copy(self, item: _Item) -> None:
-        src = _at(self.staged, item.rel)
-        target = _at(self.dest, item.rel)
-        tmp = os.path.join(os.path.dirname(target), temp_name(os.path.basename(target)))
+        rel_dir, name = _split(item.rel)
+        self._enter(rel_dir)
+        dfd = self.cur_dfd
+        tmp = temp_name(name)
         st = item.st
-        call, where = "create", tmp
+        call, where = "create", ""
         try:
             if stat.S_ISREG(st.st_mode):
-                self._write_regular(src, tmp, st)
+                self._write_regular(item.rel, name, tmp, st)
             else:
-                xattrs = _xattrs(src)
+                spath = _at(self.staged, item.rel)
+                xattrs = _xattrs(spath)
                 if stat.S_ISLNK(st.st_mode):
-                    call, where = "readlink", src
-                    link = os.readlink(src)
-                    call, where = "symlink", tmp
-                    os.symlink(link, tmp)
+                    call, where = "readlink", spath
+                    link = os.readlink(name, dir_fd=self.cur_sfd)
+                    call, where = "symlink", ""
+                    os.symlink(link, tmp, dir_fd=dfd)
                 else:
-                    call, where = "mknod", tmp
-                    os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+                    call = "mknod"
+                    os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dfd)
                 call = "set metadata of"
-                os.lchown(tmp, st.st_uid, st.st_gid)
+                os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISLNK(st.st_mode):
-                    os.chmod(tmp, stat.S_IMODE(st.st_mode))
-                _set_xattrs(tmp, xattrs, follow=False)
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                    os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=dfd)
+                if xattrs:
+                    _set_xattrs(os.path.join(_at(self.dest, rel_dir), tmp), xattrs,
+                                follow=False)
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd,
+                         follow_symlinks=False)
         except OSError as e:
-            _unlink_quiet(tmp)
-            raise self._fail(call, where, e) from e
+            _unlink_quiet(tmp, dfd)
+            raise self._fail(call, where or os.path.join(_at(self.dest, rel_dir), tmp),
+                             e) from e
         except BaseException:
-            _unlink_quiet(tmp)
+            _unlink_quiet(tmp, dfd)
             raise
-        self._install(tmp, target)
+        self._queue(_Pending(rel_dir, tmp, name, None),
+                    st.st_size if stat.S_ISREG(st.st_mode) else 0)
 
-    def _write_regular(self, src: str, tmp: str, st: os.stat_result) -> None:
+    def _write_regular(self, rel: str, name: str, tmp: str, st: os.stat_result) -> None:
         try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.cur_sfd)
         except OSError as e:
-            raise self._fail("open", src, e) from e
+            raise self._fail("open", _at(self.staged, rel), e) from e
         step = "create"
         try:
             dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
+                          | os.O_CLOEXEC, 0o600, dir_fd=self.cur_dfd)
             try:
                 step = "copy_file_range"
                 _copy_data(sfd, dfd)
@@ -412,28 +523,86 @@ class _Writer:
                 step = "fchmod"
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))
                 step = "fsetxattr"  # after chown: chown drops security.capability
-                _set_xattrs(dfd, {k: os.getxattr(sfd, k) for k in os.listxattr(sfd)})
+                names = os.listxattr(sfd)
+                if names:
+                    _set_xattrs(dfd, {k: os.getxattr(sfd, k) for k in names})
                 step = "futimens"
                 os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                step = "fsync"
-                os.fsync(dfd)
+                if self.cur_dev in self.fsync_devs:
+                    step = "fsync"
+                    os.fsync(dfd)
             finally:
                 os.close(dfd)
         except OSError as e:
-            raise self._fail(step, tmp, e) from e
+            raise self._fail(step, os.path.join(_at(self.dest, _split(rel)[0]), tmp), e) from e
         finally:
             os.close(sfd)
 
     def link(self, item: _Item) -> None:
+        """Queued: linked and renamed in order with the batch, after the first name's rename."""
         assert item.link_to is not None
-        first = _at(self.dest, item.link_to)
-        target = _at(self.dest, item.rel)
-        tmp = os.path.join(os.path.dirname(target), temp_name(os.path.basename(target)))
+        rel_dir, name = _split(item.rel)
+        self._enter(rel_dir)
+        self._queue(_Pending(rel_dir, "", name, _at(self.dest, item.link_to)), 0)
+
+    def flush(self) -> None:
+        """Make the batch's temp files durable (syncfs), then rename them over their targets."""
+        if not self.pending:
+            return
+        for dev in self.pending_devs - self.fsync_devs:
+            try:
+                syscalls.syncfs(self.sync_fds[dev])
+            except OSError as e:
+                raise self._fail("syncfs", self.dest, e) from e
+        self.pending_devs.clear()
+        open_rel: str | None = None
+        dfd, owned, done = -1, False, 0
         try:
-            os.link(first, tmp, follow_symlinks=False)
-        except OSError as e:
-            raise self._fail("link", tmp, e) from e
-        self._install(tmp, target)
+            for p in self.pending:
+                done += 1  # from here on this entry is ours to finish or to clean up
+                dpath = _at(self.dest, p.rel_dir)
+                if p.rel_dir != open_rel:
+                    if owned:
+                        os.close(dfd)
+                        owned = False
+                    if p.rel_dir == self.cur_rel:
+                        dfd = self.cur_dfd
+                    else:
+                        try:
+                            dfd = os.open(dpath, _DIR_FLAGS)
+                        except OSError as e:
+                            _unlink_quiet(os.path.join(dpath, p.tmp) if p.tmp else "")
+                            raise self._fail("open", dpath, e) from e
+                        owned = True
+                    open_rel = p.rel_dir
+                    self.dirty.add(dpath)
+                tmp = p.tmp
+                if p.link_src is not None:
+                    tmp = temp_name(p.name)
+                    try:
+                        os.link(p.link_src, tmp, dst_dir_fd=dfd, follow_symlinks=False)
+                    except OSError as e:
+                        raise self._fail("link", os.path.join(dpath, tmp), e) from e
+                try:
+                    os.rename(tmp, p.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except OSError as e:
+                    _unlink_quiet(tmp, dfd)
+                    raise self._fail("rename", os.path.join(dpath, p.name), e) from e
+                if p.link_src is not None:  # rename() onto the same inode is a no-op
+                    _unlink_quiet(tmp, dfd)
+        finally:
+            if owned:
+                os.close(dfd)
+            del self.pending[:done]
+            if not self.pending:
+                self.pending_bytes = 0
+
+    def abort(self) -> None:
+        """A merge that fails: remove the temp files not yet renamed (quietly)."""
+        for p in self.pending:
+            if p.tmp:
+                _unlink_quiet(os.path.join(_at(self.dest, p.rel_dir), p.tmp))
+        self.pending.clear()
 
     def mkdir(self, item: _Item) -> None:
         path = _at(self.dest, item.rel)
@@ -460,6 +629,7 @@ class _Writer:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         except OSError as e:
             raise self._fail("set metadata of", path, e) from e
+        self.dirty.add(path)
 
     def remove_temp(self, rel: str) -> None:
         path = _at(self.dest, rel)
@@ -471,21 +641,32 @@ class _Writer:
             raise self._fail("unlink", path, e) from e
         self.dirty.add(os.path.dirname(path))
 
-    def fsync_dirs(self) -> None:
+    def finish(self) -> None:
+        """Everything durable: syncfs() each filesystem written to; on fsync-only ones (FUSE)
+        fsync every changed directory, deepest first."""
         for d in sorted(self.dirty, key=len, reverse=True):
             try:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(d, _DIR_FLAGS)
                 try:
-                    os.fsync(fd)
+                    if self._register(fd) in self.fsync_devs:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
             except OSError as e:
                 raise self._fail("fsync", d, e) from e
+        for dev, fd in self.sync_fds.items():
+            if dev not in self.fsync_devs:
+                try:
+                    syscalls.syncfs(fd)
+                except OSError as e:
+                    raise self._fail("syncfs", self.dest, e) from e
 
 
-def _unlink_quiet(path: str) -> None:
+def _unlink_quiet(path: str, dir_fd: int | None = None) -> None:
+    if not path:
+        return
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except OSError:
         pass
 
@@ -552,11 +733,9 @@ def _merge(staged_s: str, dest_s: str, root_st: os.stat_result, *, dry_run: bool
     summary = MergeSummary(
         staged=staged_s, dest=dest_s, dry_run=dry_run,
         added=tuple(i.rel for i in plan.items if i.op == _Op.MKDIR
-                    or (i.op in (_Op.COPY, _Op.LINK)
-                        and not os.path.lexists(_at(dest_s, i.rel)))),
+                    or (i.op in (_Op.COPY, _Op.LINK) and not i.existed)),
         replaced=tuple(i.rel for i in plan.items if i.op == _Op.DIRMETA
-                       or (i.op in (_Op.COPY, _Op.LINK)
-                           and os.path.lexists(_at(dest_s, i.rel)))),
+                       or (i.op in (_Op.COPY, _Op.LINK) and i.existed)),
         unchanged=tuple(i.rel for i in plan.items if i.op in (_Op.SAME, _Op.DIROK)),
         removed_temp=tuple(plan.temps),
     )
@@ -570,6 +749,7 @@ def _merge(staged_s: str, dest_s: str, root_st: os.stat_result, *, dry_run: bool
         w.mkdir(root)
     own_lock = _lock(dest_s) if lock_fd is None else None  # DEST was only just created
     try:
+        w.start()
         for rel in plan.temps:
             w.remove_temp(rel)
         for item in plan.items[1:]:
@@ -579,12 +759,17 @@ def _merge(staged_s: str, dest_s: str, root_st: os.stat_result, *, dry_run: bool
                 w.copy(item)
             elif item.op == _Op.LINK:
                 w.link(item)
+        w.flush()
         # directories last and bottom-up, so filling them does not change their times again
         for item in reversed(plan.items):
             if item.op in (_Op.MKDIR, _Op.DIRMETA):
                 w.dirmeta(item)
-        w.fsync_dirs()
+        w.finish()
+    except BaseException:
+        w.abort()
+        raise
     finally:
+        w.close()
         if own_lock is not None:
             os.close(own_lock)
     return summary

@@ -131,3 +131,13 @@ def unshare_mount_ns() -> None:
 
 def pidfd_open(pid: int) -> int:
     return os.pidfd_open(pid)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write back and commit the whole filesystem `fd` is on (os has no syncfs).
+
+    Since Linux 5.8 it also reports writeback errors of that filesystem seen since `fd` was
+    opened (sync(2) reports none). Raises OSError with errno."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
