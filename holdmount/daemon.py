@@ -50,6 +50,8 @@ TERMINATE = (signal.SIGTERM, signal.SIGINT)
 MAX_PATHS = 15  # per hold request: one fd per path plus a pidfd fit in control.MAX_FDS
 MAX_PATH_LEN = 4096
 HANDLED = (*TERMINATE, signal.SIGHUP)
+SUMMARY_PATHS = 3  # paths named in STATUS= per list
+SUMMARY_PATH_LEN = 200  # characters of each
 
 
 class State(enum.StrEnum):
@@ -235,9 +237,7 @@ class Daemon:
         if self.config.marker is not None:
             self.marker = MarkerWatch(self.config.marker.path)
             self.selector.register(self.marker.fileno(), selectors.EVENT_READ, self._on_marker)
-        for h in self.holds:
-            if h.config.when is When.ALWAYS:
-                self._take(h, fatal=True)
+        self._take_all([h for h in self.holds if h.config.when is When.ALWAYS], fatal=True)
         if self.marker is not None and self.marker.armed:
             self._arm()
         self._drop_stored()
@@ -255,33 +255,69 @@ class Daemon:
         server.register("release", self._op_release)
         server.on_disconnect.append(self._on_disconnect)
 
-    def _take(self, h: HeldPath, *, fatal: bool) -> None:
-        stored = self.stored.pop(h.fdname, None)
-        if stored is not None and self._adopt(h, stored):
-            return
-        try:
-            taken = hold.take([h.config.path], timeout=self.config.daemon.trigger_timeout,
-                              protect=h.config.protect)
-        except Failure as e:
-            h.error = e.message
-            if fatal:
-                raise
-            log.error("hold %s: %s", h.config.path, e.message)
-            return
-        h.hold, h.error, h.state, h.lost_mount, h.adopted = taken[0], None, HoldState.HELD, \
+    def _take(self, h: HeldPath) -> None:
+        self._take_all([h], fatal=False)
+
+    def _take_all(self, holds: list[HeldPath], *, fatal: bool) -> None:
+        """Take `holds` together: fds from the fd store adopted first, then the rest in one
+        `hold.take_each` per protect value (one helper process opens them all, one mount-table
+        read). Each failure is recorded on its hold (status shows it) and logged; one bad path
+        does not keep the others from being held. With `fatal` (the `always` holds at start),
+        any failure ends the start instead: every path is tried and every failure logged, the
+        fresh holds are closed unstored, and the first failure in config order is raised."""
+        table: MountTable | None = None
+        todo: list[HeldPath] = []
+        for h in holds:
+            stored = self._stored_for(h)
+            if stored is not None:
+                table = table or MountTable.read()
+                if self._adopt(h, stored, table):
+                    continue
+            todo.append(h)
+        results: dict[int, hold.Hold | Failure] = {}
+        for protect in (False, True):
+            group = [h for h in todo if h.config.protect is protect]
+            if group:
+                taken = hold.take_each([h.config.path for h in group],
+                                       timeout=self.config.daemon.trigger_timeout,
+                                       protect=protect)
+                results.update(zip(map(id, group), taken, strict=True))
+        failed = [h for h in todo if isinstance(results[id(h)], Failure)]
+        for i, h in enumerate(failed):
+            failure = results[id(h)]
+            assert isinstance(failure, Failure)
+            h.error = failure.message
+            if not (fatal and i == 0):  # the raised one is reported by whoever catches it
+                log.error("hold %s: %s", h.config.path, failure.message)
+        if fatal and failed:
+            hold.release_all([r for r in results.values() if isinstance(r, hold.Hold)])
+            first = results[id(failed[0])]
+            assert isinstance(first, Failure)
+            raise first
+        for h in todo:
+            r = results[id(h)]
+            if isinstance(r, hold.Hold):
+                self._held(h, r)
+
+    def _held(self, h: HeldPath, taken: hold.Hold) -> None:
+        h.hold, h.error, h.state, h.lost_mount, h.adopted = taken, None, HoldState.HELD, \
             None, False
-        info = taken[0].info
+        info = taken.info
         log.info("holding %s: %s from %s on %s%s%s", info.path, info.fstype, info.source,
                  info.mount_point, " (automount)" if info.automount else "",
                  ", locked against tmpfiles cleanup" if info.protected else "")
         if self.config.daemon.fdstore:
-            self.notifier.fdstore(taken[0].fd, h.fdname)
+            self.notifier.fdstore(taken.fd, h.fdname)
 
-    def _release(self, h: HeldPath) -> None:
+    def _release(self, h: HeldPath, *, stopping: bool = False) -> None:
+        """Close the hold; while running also take it out of the fd store. Not while stopping:
+        systemd discards a stopped service's fd store itself (sd_notify(3), unless
+        FileDescriptorStorePreserve=), and one FDSTOREREMOVE per hold into a 10-datagram queue
+        the manager is slow to read at shutdown could block up to SEND_TIMEOUT per hold."""
         if h.hold is not None:
             h.hold.release()
             log.info("released %s", h.config.path)
-            if self.config.daemon.fdstore:
+            if self.config.daemon.fdstore and not stopping:
                 self.notifier.fdstore_remove(h.fdname)
         h.hold = None
         h.adopted = False
@@ -313,11 +349,21 @@ class Daemon:
             self._forget_stored(s)
         self.stored.clear()
 
-    def _adopt(self, h: HeldPath, s: fdstore.Stored) -> bool:
+    def _stored_for(self, h: HeldPath) -> fdstore.Stored | None:
+        """The stored fd named for `h`: by its name, or by the hashed name older versions gave
+        every hold (hashlib is imported only when such a name was passed in)."""
+        if not self.stored:
+            return None
+        stored = self.stored.pop(h.fdname, None)
+        if stored is None and any(fdstore.is_legacy(name) for name in self.stored):
+            stored = self.stored.pop(fdstore.legacy_name(h.config.path), None)
+        return stored
+
+    def _adopt(self, h: HeldPath, s: fdstore.Stored, table: MountTable | None = None) -> bool:
         """Use a held fd from before a restart — only if it is still what the path shows."""
         path = h.config.path
         try:
-            table = MountTable.read()
+            table = table or MountTable.read()
             info = hold.verify(path, s.fd, table)
             st = hold.state(info, table)
             if st is not HoldState.HELD:
@@ -342,6 +388,9 @@ class Daemon:
             HoldState.HELD, None, True
         log.info("holding %s: adopted from the fd store (%s from %s on %s)", path, info.fstype,
                  info.source, info.mount_point)
+        if s.name != h.fdname and self.config.daemon.fdstore:  # stored by an older version
+            self.notifier.fdstore_remove(s.name)
+            self.notifier.fdstore(s.fd, h.fdname)
         return True
 
     # --- delegated holds ------------------------------------------------------------------
@@ -478,7 +527,7 @@ class Daemon:
             log.info("released delegated hold %s (%s)", d.path, why)
         self.delegated.pop(d.path, None)
 
-    def _end_lease(self, lease_id: int, why: str) -> None:
+    def _end_lease(self, lease_id: int, why: str, *, quiet: bool = False) -> None:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
@@ -488,7 +537,8 @@ class Daemon:
         for path in sorted(lease.paths):
             self._unclaim(path, lease.id, f"lease {lease.id}: {why}")
         log.info("lease %d ended: %s", lease.id, why)
-        self.notifier.status(self.summary())
+        if not quiet:
+            self.notifier.status(self.summary())
 
     def _on_disconnect(self, conn: Connection) -> None:
         for lease in [x for x in self.leases.values() if x.connection is conn]:
@@ -574,7 +624,7 @@ class Daemon:
         if isinstance(item, HeldPath):
             if item.config.when is When.STAGED and not (self.marker and self.marker.armed):
                 return
-            self._take(item, fatal=False)
+            self._take(item)
             if item.hold is None:
                 item.state = HoldState.LOST
             else:
@@ -622,9 +672,8 @@ class Daemon:
     def _arm(self) -> None:
         assert self.marker is not None
         log.info("marker %s present: armed", self.marker.path)
-        for h in self.holds:
-            if h.config.when is When.STAGED and h.hold is None:
-                self._take(h, fatal=False)
+        self._take_all([h for h in self.holds if h.config.when is When.STAGED and h.hold is None],
+                       fatal=False)
         self.notifier.status(self.summary())
 
     # --- finalize -------------------------------------------------------------------------
@@ -644,8 +693,7 @@ class Daemon:
             if missing:
                 self.notifier.extend_timeout(self.config.daemon.trigger_timeout * len(missing)
                                              + 10)
-            for h in missing:
-                self._take(h, fatal=False)
+            self._take_all(missing, fatal=False)
         run: list[ActionConfig] = []
         for action in self.config.actions:
             reason = self._skip_reason(action, armed, inhibited, inhibit)
@@ -682,20 +730,21 @@ class Daemon:
         except Failure as e:
             log.error("%s", e.message)
         for h in self.holds:
-            self._release(h)
+            self._release(h, stopping=True)
         self._end_all_leases("finalized")
         self.exit_code = int(Exit.FAILURE) if failures else int(Exit.OK)
         self.state = State.DONE
 
     def _end_all_leases(self, why: str) -> None:
+        """At the end: no STATUS= per lease (a slow manager would stall each send)."""
         for lease_id in list(self.leases):
-            self._end_lease(lease_id, why)
+            self._end_lease(lease_id, why, quiet=True)
         for d in list(self.delegated.values()):
             self._forget_delegated(d, why)
 
     def _cleanup(self) -> None:
         for h in self.holds:
-            self._release(h)
+            self._release(h, stopping=True)
         self._end_all_leases("exiting")
         for s in self.stored.values():
             with contextlib.suppress(OSError):
@@ -712,11 +761,13 @@ class Daemon:
     # --- status ---------------------------------------------------------------------------
 
     def summary(self) -> str:
+        """One bounded line for STATUS=: at most SUMMARY_PATHS paths per list (`holdmount
+        status` lists them all); systemd ignores a notify message of 4096 bytes or more."""
         held = [h.config.path for h in self.holds if h.hold is not None]
         failed = [h.config.path for h in self.holds if h.error is not None]
-        parts = [f"holding {len(held)}: {', '.join(held)}" if held else "holding nothing"]
+        parts = [f"holding {len(held)}: {_some(held)}" if held else "holding nothing"]
         if failed:
-            parts.append(f"failed: {', '.join(failed)}")
+            parts.append(f"failed: {_some(failed)}")
         if self.delegated:
             parts.append(f"delegated {len(self.delegated)} for {len(self.leases)} clients")
         if self.marker is not None:
@@ -764,6 +815,16 @@ class Daemon:
                 "argv": list(action.exec) if action.exec else None,
                 "merge": dataclasses.asdict(action.merge) if action.merge else None,
                 "last": last}
+
+
+def _some(paths: list[str]) -> str:
+    """At most SUMMARY_PATHS paths (each cut to SUMMARY_PATH_LEN), then how many more."""
+    shown = [p if len(p) <= SUMMARY_PATH_LEN else p[:SUMMARY_PATH_LEN - 1] + "…"
+             for p in paths[:SUMMARY_PATHS]]
+    more = len(paths) - len(shown)
+    if more:
+        return ", ".join(shown) + f", and {more} more"
+    return ", ".join(shown)
 
 
 def _paths(body: Mapping[str, Any]) -> list[str]:

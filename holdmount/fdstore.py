@@ -6,28 +6,56 @@ service is restarted after a crash, and passes them to the next instance as LIST
 busy while no daemon runs: the automount cannot expire across `kill -9` + RestartSec=.
 
 Names: an FDNAME is at most 255 printable ASCII characters without ':' — a path is not (any
-length, any bytes, ':' allowed). So a hold's name is `hold-` + the first 32 hex digits of the
-SHA-256 of the path; the configuration, read again at start, maps names back to paths. The
-name says nothing about *what* is held: every adopted fd is verified before it is used.
+length, any bytes, ':' allowed). So a hold's name is `hold-` + the path with '%', ':' and every
+byte outside printable ASCII (space included) percent-escaped (`hold-/boot`,
+`hold-/srv/a%3Ab`), readable in `systemd-analyze fdstore`; a path whose escaped form is longer
+than 255 characters is named `hold-` + the first 32 hex digits of its SHA-256. Earlier
+versions named every hold that way (`legacy_name`): such names are still matched, so fds stored
+before an upgrade are adopted. hashlib maps OpenSSL's libcrypto (~3.5 MiB of RSS), so it is
+imported only for those. Both forms depend on the path alone: the configuration, read again at
+start, maps names back to paths. The name says nothing about *what* is held: every adopted fd
+is verified before it is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import os
+import re
 from collections.abc import Mapping
 
 from holdmount.log import log
 
 PREFIX = "hold-"
+FDNAME_MAX = 255  # systemd's limit
 SD_LISTEN_FDS_START = 3
+_PLAIN = frozenset(range(0x21, 0x7F)) - {ord("%"), ord(":")}
+_LEGACY = re.compile(f"{PREFIX}[0-9a-f]{{32}}")
 
 
 def name_for(path: str) -> str:
+    """The FDNAME of the hold on `path`: the escaped path, or its hash when that is too long."""
+    raw = path.encode("utf-8", "surrogateescape")
+    escaped = "".join(chr(b) if b in _PLAIN else f"%{b:02X}" for b in raw)
+    name = PREFIX + escaped
+    # an escaped absolute path starts with '/': it never looks like a hashed name
+    if escaped.startswith("/") and len(name) <= FDNAME_MAX:
+        return name
+    return legacy_name(path)
+
+
+def legacy_name(path: str) -> str:
+    """`hold-` + 32 hex digits of the path's SHA-256: long paths' names, and every name before
+    escaped paths (kept so fds stored by an older daemon are still adopted)."""
+    import hashlib  # lazily: it loads libcrypto
+
     digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
     return f"{PREFIX}{digest[:32]}"
+
+
+def is_legacy(name: str) -> bool:
+    return _LEGACY.fullmatch(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)

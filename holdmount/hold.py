@@ -80,9 +80,12 @@ def _helper(paths: Sequence[str], sock: socket.socket) -> None:
         os.close(fd)
 
 
-def _open_batch(paths: Sequence[str], deadline: float) -> tuple[dict[int, int | OSError], int]:
-    """Open paths[0:] in a helper until done or the deadline; returns results and how many
-    were attempted (the first unanswered index, if the helper was killed, timed out)."""
+def _open_batch(paths: Sequence[str], timeout: float) -> tuple[dict[int, int | OSError], int]:
+    """Open paths[0:] in a helper until done or until one path took `timeout` seconds (the
+    deadline restarts at each answer: a long batch of quick paths never times out); returns
+    results and how many were attempted (the first unanswered index, if the helper was killed,
+    timed out)."""
+    deadline = time.monotonic() + timeout
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -115,6 +118,7 @@ def _open_batch(paths: Sequence[str], deadline: float) -> tuple[dict[int, int | 
             for level, kind, data in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+            deadline = time.monotonic() + timeout
             index, err = _MSG.unpack(msg)
             if err:
                 results[index] = OSError(err, os.strerror(err))
@@ -138,7 +142,7 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
     out: list[int | OSError] = []
     start = 0
     while start < len(paths):
-        results, _ = _open_batch(paths[start:], time.monotonic() + timeout)
+        results, _ = _open_batch(paths[start:], timeout)
         done = 0
         while done in results:
             out.append(results[done])
@@ -191,7 +195,8 @@ def verify(path: str, fd: int, table: MountTable | None = None) -> HoldInfo:
     )
 
 
-def _explain(path: str, exc: OSError, timeout: float) -> Failure:
+def _explain(path: str, exc: OSError, timeout: float,
+             table: MountTable | None = None) -> Failure:
     if isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT:
         return Failure(
             f"open({path}): the automount did not answer within {timeout:g}s",
@@ -200,7 +205,7 @@ def _explain(path: str, exc: OSError, timeout: float) -> Failure:
             code=Exit.TEMPFAIL,
         )
     if exc.errno in (errno.ENOENT, errno.EHOSTDOWN, errno.ENODEV):
-        trigger = _autofs_trigger_for(path)
+        trigger = _autofs_trigger_for(path, table)
         if trigger is not None:
             return Failure(
                 f"open({path}): {os.strerror(exc.errno or 0)} (autofs trigger on "
@@ -212,30 +217,28 @@ def _explain(path: str, exc: OSError, timeout: float) -> Failure:
     return os_failure("open", path, exc)
 
 
-def _autofs_trigger_for(path: str) -> str | None:
+def _autofs_trigger_for(path: str, table: MountTable | None = None) -> str | None:
     """The autofs mount point that `path` is (direct) or lies under (indirect), if any."""
     try:
-        mount = MountTable.read().containing(path)
+        mount = (table or MountTable.read()).containing(path)
     except OSError:
         return None
     return mount.mount_point if mount is not None and mount.is_autofs else None
 
 
-def take(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
-         protect: bool = False) -> list[Hold]:
-    """Hold every path or none: on the first failure the holds already taken are released."""
+def take_each(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
+              protect: bool = False) -> list[Hold | Failure]:
+    """Hold each path on its own: a Hold or the Failure, in the order asked. One helper process
+    opens them all and the mount table is read once for the batch."""
     abspaths = [os.path.abspath(p) for p in paths]
+    if not abspaths:
+        return []
     results = open_dirs(abspaths, timeout)
-    holds: list[Hold] = []
-    failure: Failure | None = None
     table = MountTable.read()
+    out: list[Hold | Failure] = []
     for path, result in zip(abspaths, results, strict=True):
-        if failure is not None:
-            if isinstance(result, int):
-                os.close(result)
-            continue
         if isinstance(result, OSError):
-            failure = _explain(path, result, timeout)
+            out.append(_explain(path, result, timeout, table))
             continue
         try:
             info = verify(path, result, table)
@@ -244,9 +247,19 @@ def take(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
                 info = dataclasses.replace(info, protected=True)
         except Failure as e:
             os.close(result)
-            failure = e
+            out.append(e)
             continue
-        holds.append(Hold(result, info))
+        out.append(Hold(result, info))
+    return out
+
+
+def take(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
+         protect: bool = False) -> list[Hold]:
+    """Hold every path or none: on a failure (the first in order is raised) the holds already
+    taken are released."""
+    taken = take_each(paths, timeout=timeout, protect=protect)
+    failure = next((r for r in taken if isinstance(r, Failure)), None)
+    holds = [r for r in taken if isinstance(r, Hold)]
     if failure is not None:
         release_all(holds)
         raise failure

@@ -6,6 +6,7 @@ No libmount: the format is documented in proc(5) and stable. Paths are unescaped
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import select
@@ -102,15 +103,27 @@ class MountTable:
     def parse(cls, lines: Iterable[str]) -> MountTable:
         return cls(tuple(parse_line(line) for line in lines if line.strip()))
 
-    def by_id(self, mnt_id: int) -> Mount | None:
+    @functools.cached_property
+    def _ids(self) -> dict[int, Mount]:
+        # built once per table (the dataclass is frozen; cached_property writes __dict__)
+        out: dict[int, Mount] = {}
         for m in self.mounts:
-            if m.mnt_id == mnt_id:
-                return m
-        return None
+            out.setdefault(m.mnt_id, m)  # the first, as a scan would find it
+        return out
+
+    @functools.cached_property
+    def _points(self) -> dict[str, list[Mount]]:
+        out: dict[str, list[Mount]] = {}
+        for m in self.mounts:
+            out.setdefault(m.mount_point, []).append(m)
+        return out
+
+    def by_id(self, mnt_id: int) -> Mount | None:
+        return self._ids.get(mnt_id)
 
     def at(self, mount_point: str) -> list[Mount]:
         """Every mount stacked on `mount_point`, bottom first (mountinfo order)."""
-        return [m for m in self.mounts if m.mount_point == mount_point]
+        return list(self._points.get(mount_point, ()))
 
     def top_at(self, mount_point: str) -> Mount | None:
         """The visible (topmost) mount on `mount_point`."""

@@ -16,6 +16,10 @@ from holdmount.log import log
 
 # Variables that belong to this process only: never hand them to children.
 SEND_TIMEOUT = 5.0  # a service manager that does not drain its socket must not stall our loop
+# systemd reads a notify message into a 4096-byte buffer and ignores a message that fills it
+# ("Received notify message exceeded maximum size"): a message must stay below this.
+MAX_MESSAGE = 4096
+ELLIPSIS = "…"
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                "LISTEN_FDNAMES")
 
@@ -34,7 +38,13 @@ class Notifier:
     def send(self, *fields: str, fds: Sequence[int] = ()) -> bool:
         if self.address is None:
             return False
-        message = "\n".join(fields).encode("utf-8")
+        message = _fit(fields)
+        if message is None:
+            log.warning("sd_notify(%s): message of %d bytes not sent (systemd ignores %d and "
+                        "more): %s", self.address.replace("\0", "@"),
+                        len("\n".join(fields).encode("utf-8", "surrogateescape")), MAX_MESSAGE,
+                        " ".join(f.split("=", 1)[0] for f in fields))
+            return False
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -92,6 +102,26 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
     except ValueError:
         return None
     return usec if usec > 0 else None
+
+
+def _fit(fields: Sequence[str]) -> bytes | None:
+    """The datagram for `fields`, below MAX_MESSAGE: a STATUS= that does not fit is cut (with
+    an ellipsis) so the fields beside it (READY=1, STOPPING=1) still arrive; None when even
+    that is too long."""
+    encoded = [f.encode("utf-8", "surrogateescape") for f in fields]
+    size = sum(map(len, encoded)) + max(0, len(encoded) - 1)
+    if size < MAX_MESSAGE:
+        return b"\n".join(encoded)
+    excess = size - (MAX_MESSAGE - 1)
+    for i, f in enumerate(encoded):
+        if f.startswith(b"STATUS="):
+            room = len(f) - len(b"STATUS=") - excess - len(ELLIPSIS.encode())
+            if room >= 0:
+                value = f[len(b"STATUS="):room + len(b"STATUS=")]
+                value = value.decode("utf-8", "ignore").encode("utf-8")  # no cut character
+                encoded[i] = b"STATUS=" + value + ELLIPSIS.encode()
+                return b"\n".join(encoded)
+    return None
 
 
 def _line(text: str) -> str:
