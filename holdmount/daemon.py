@@ -46,6 +46,8 @@ from holdmount.marker import MarkerWatch
 from holdmount.mounts import MountTable, MountWatcher
 from holdmount.notify import Notifier
 
+PID_MAX = 2**22  # the kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit)
+
 TERMINATE = (signal.SIGTERM, signal.SIGINT)
 MAX_PATHS = 15  # per hold request: one fd per path plus a pidfd fit in control.MAX_FDS
 MAX_PATH_LEN = 4096
@@ -405,8 +407,9 @@ class Daemon:
         want_fds = _flag(body, "want_fds")
         until_pid = body.get("until_pid")
         if until_pid is not None and (not isinstance(until_pid, int)
-                                      or isinstance(until_pid, bool) or until_pid <= 0):
-            raise RequestError('"until_pid" must be a positive integer', code=Exit.USAGE)
+                                      or isinstance(until_pid, bool)
+                                      or not 0 < until_pid <= PID_MAX):
+            raise RequestError(f'"until_pid" must be a pid (1..{PID_MAX})', code=Exit.USAGE)
         has_pidfd = _flag(body, "pidfd")
         if has_pidfd and until_pid is None:
             raise RequestError('"pidfd" needs "until_pid"', code=Exit.USAGE)

@@ -145,3 +145,17 @@ def test_socket_mode_and_group_are_applied() -> None:
             assert member.returncode == 0, member.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("pid", [2**31, 2**63, 0, -1, True, "1", 1.5])
+def test_until_pid_out_of_range_is_refused(tmp_path: Path, pid: object) -> None:
+    """Found by the control-socket fuzzer: 2**31 reached pidfd_open and came back as an
+    internal error. Every bad pid must be a plain refusal, and the daemon stays up."""
+    from holdmount import control
+
+    with DaemonProc(tmp_path, "") as d:
+        d.wait_ready()
+        with pytest.raises(Failure) as e:
+            control.request(d.socket, "hold", paths=[str(tmp_path)], until_pid=pid)
+        assert e.value.message.startswith('hold: "until_pid" must be a pid (1..'), e.value
+        assert d.status()["state"] == "running"
