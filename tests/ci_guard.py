@@ -7,8 +7,14 @@ import os
 from collections.abc import Generator
 
 import pytest
+from hypothesis import settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# In CI the fuzzers replay a fixed sequence (a red CI must be reproducible); locally they explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if IN_CI:
+    settings.load_profile("ci")
 
 
 @pytest.hookimpl(wrapper=True)
