@@ -7,7 +7,10 @@ kernel's mount table:
   2. `os.access()` reading the autofs placeholder (Gentoo bug 890812) while
      `holdmount run --require-writable` triggers and checks the real filesystem;
   3. `holdmount run --hold MP -- sleep 8` keeping it mounted for 4x the idle timeout,
-     and the expiry once the job has ended.
+     and the expiry once the job has ended;
+  4. `holdmount daemon`: a staged-deployment marker appears -> the staged hold is taken and
+     outlives the idle timeout; SIGTERM -> the finalize action runs with the mount still held;
+     then the hold is released and the mount expires.
 """
 
 from __future__ import annotations
@@ -43,6 +46,57 @@ def wait_expiry(mp: str, limit: float) -> float | None:
             return time.monotonic() - t0
         time.sleep(0.1)
     return None
+
+
+def daemon_part(base: Path, mp: str) -> bool:
+    marker = base / "run" / "staged"
+    out = base / "finalize.out"
+    cfg = base / "holdmount.toml"
+    cfg.write_text(
+        f'[daemon]\nstamp = "{base}/failure.stamp"\n'
+        f'[control]\npath = "{base}/control"\n'
+        f'[marker]\npath = "{marker}"\n'
+        f'[[hold]]\npath = "{mp}"\nwhen = "staged"\n'
+        f'[[action]]\nname = "finalize"\nwhen = "staged"\ntimeout = "30s"\n'
+        f'exec = ["/bin/sh", "-c", "grep -c \' {mp} \' /proc/self/mountinfo > {out}; '
+        f'date > {mp}/finalized"]\n')
+    env = {**os.environ, "HOLDMOUNT_SOCKET": f"{base}/control"}
+    env.pop("NOTIFY_SOCKET", None)
+    # the demo's private namespace is not PID 1's: the daemon refuses that unless told
+    d = subprocess.Popen([*HM, "daemon", "--config", str(cfg), "--allow-foreign-namespace"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        while not os.path.exists(f"{base}/control"):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        say(f"   daemon up; marker absent -> mounted={mounted(mp)}")
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+        t0 = time.monotonic()
+        while not mounted(mp) and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        say(f"   marker created -> armed, staged hold taken: mounted={mounted(mp)}")
+        time.sleep(3 * TIMEOUT)
+        held = mounted(mp)
+        say(f"   {3 * TIMEOUT}s later (3x the idle timeout): mounted={held}")
+        st = subprocess.run([*HM, "status"], env=env, capture_output=True, text=True)
+        say("   holdmount status:\n" + "\n".join("     " + ln for ln in st.stdout.splitlines()))
+        d.send_signal(signal.SIGTERM)
+        rc = d.wait(60)
+        finalized = out.exists() and out.read_text().strip() == "2"
+        say(f"   SIGTERM -> daemon exit {rc}; the action saw the real fs mounted on the trigger: "
+            f"{finalized}")
+        took = wait_expiry(mp, 4 * TIMEOUT + 5)
+        say(f"   released -> expired {took:.1f}s later" if took is not None
+            else "   did NOT expire after release!")
+        return held and rc == 0 and finalized and took is not None
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+        if d.stderr is not None:
+            log_text = d.stderr.read()
+            say("   daemon log:\n" + "\n".join("     " + ln for ln in log_text.splitlines()))
 
 
 def main() -> int:
@@ -99,8 +153,12 @@ def main() -> int:
         say(f"   released -> expired {took:.1f}s after the job ended" if took is not None
             else "   did NOT expire after release!")
         ok = "." not in "".join(line[1:]) and took is not None
-        say("\nresult: " + ("the hold outlived the idle timeout and released cleanly"
-                            if ok else "UNEXPECTED: see above"))
+
+        say("\n4. The daemon: hold while a deployment is staged, finalize on SIGTERM")
+        ok = daemon_part(base, mp) and ok
+        say("\nresult: " + ("every hold outlived the idle timeout, the finalize ran with the "
+                            "mount held, and everything was released" if ok
+                            else "UNEXPECTED: see above"))
         return 0 if ok else 1
     finally:
         am.send_signal(signal.SIGTERM)
