@@ -191,7 +191,8 @@ def test_marker_arms_staged_holds_and_parent_appears_later(tmp_path: Path) -> No
         tmp.rename(marker)  # rename into place, as updaters do
         assert wait_for(lambda: d.status()["holds"][0]["held"], 10)
         assert d.status()["marker"]["state"] == "armed"
-        assert d.notify.has("STATUS", f"holding 1: {held}; marker armed")
+        # the listener thread may not have received the datagram yet: wait for it
+        assert wait_for(lambda: d.notify.has("STATUS", f"holding 1: {held}; marker armed"), 10)
         marker.unlink()
         assert wait_for(lambda: not d.status()["holds"][0]["held"], 10)
         assert d.status()["marker"]["state"] == "disarmed"
