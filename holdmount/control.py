@@ -43,7 +43,8 @@ from holdmount.errors import Exit, Failure
 from holdmount.log import log
 
 PROTOCOL = 1
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = 64 * 1024  # a request (what anyone may send us)
+MAX_REPLY = 16 * 1024 * 1024  # a reply: `status` with thousands of holds outgrows 64 KiB
 MAX_FDS = 16
 MAX_CONNECTIONS = 128
 CLIENT_TIMEOUT = 60.0  # the daemon answers from its loop; a trigger may hold it up to 30 s
@@ -304,8 +305,10 @@ class Server:
 
     def _send(self, conn: Connection, reply: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
         data = encode(reply)
-        if len(data) > MAX_MESSAGE:
-            data, fds = encode(_error(f"reply larger than {MAX_MESSAGE} bytes")), ()
+        if len(data) > MAX_REPLY:
+            data, fds = encode(_error(f"reply larger than {MAX_REPLY} bytes")), ()
+        elif len(data) > MAX_MESSAGE:
+            _make_room(conn.sock, len(data))
         try:
             if fds:
                 conn.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -414,9 +417,21 @@ class Client:
             raise
 
 
+def _make_room(sock: socket.socket, size: int) -> None:
+    """A SOCK_SEQPACKET message must fit the sender's buffer whole: grow it for a big reply
+    (root may exceed net.core.wmem_max with SO_SNDBUFFORCE)."""
+    want = 2 * size + 65536
+    for opt in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, want)
+            return
+        except OSError:
+            continue
+
+
 def _recv_blocking(sock: socket.socket) -> tuple[bytes, list[int], int]:
     fds = array.array("i")
-    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
+    data, ancdata, flags, _ = sock.recvmsg(MAX_REPLY + 1, socket.CMSG_SPACE(MAX_FDS * 4),
                                            socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

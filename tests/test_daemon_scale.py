@@ -86,10 +86,15 @@ def test_ready_reaches_a_systemd_like_listener_with_200_holds(
         assert d.notify.ignored == 0
         ready = next(m for m in d.notify.poll() if m.get("READY") == "1")
         assert ready["STATUS"] == f"holding 200: {dirs[0]}, {dirs[1]}, {dirs[2]}, and 197 more"
-        # every path really is an open fd of the daemon (`status` cannot say: its reply for
-        # 200 holds is over control.MAX_MESSAGE)
+        # every path really is an open fd of the daemon
         links = {os.readlink(f"/proc/{d.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{d.pid}/fd")}
         assert {str(x) for x in dirs} <= links
+        # and `status` lists them all, although its reply is far over the 64 KiB request limit
+        from holdmount import control
+
+        status = control.request(d.socket, "status")["status"]
+        assert len(control.encode(status)) > control.MAX_MESSAGE
+        assert sorted(h["path"] for h in status["holds"]) == sorted(map(str, dirs))
         d.term()
         assert d.wait() == 0, d.log()
 
