@@ -8,7 +8,6 @@ we care about.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import os
 
@@ -21,7 +20,20 @@ NFS_SUPER_MAGIC = 0x6969
 ST_RDONLY = 0x0001
 ST_NOEXEC = 0x0008
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _load_libc() -> ctypes.CDLL:
+    # glibc's soname directly: ctypes.util costs ~10 ms of start-up (it may run ldconfig);
+    # only a libc with another name (musl) pays for the search.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 
 
 class _Statfs(ctypes.Structure):
