@@ -66,7 +66,7 @@ def require_exec(hold: Hold) -> None:
 
 
 def _fail(call: str, path: str, exc: OSError) -> Failure:
-    failure = os_failure(call, path, exc, hint=_WRITE_HINTS.get(exc.errno or 0))
+    code = None
     if exc.errno in _WRITE_HINTS:
-        failure.code = Exit.NOPERM if exc.errno in (errno.EACCES, errno.EPERM) else Exit.CANTCREAT
-    return failure
+        code = Exit.NOPERM if exc.errno in (errno.EACCES, errno.EPERM) else Exit.CANTCREAT
+    return os_failure(call, path, exc, hint=_WRITE_HINTS.get(exc.errno or 0), code=code)

@@ -808,23 +808,11 @@ def _unroot(path: str, root: str | None) -> str:
 
 
 def _overlay_hits(w: Walk, table: MountTable) -> list[tuple[Mount, str, str]]:
-    """(overlay mount, role, layer dir) for each layer `w.resolved` lies in. Layers are read by
-    the overlay module (lowerdir=, lowerdir+=, datadir+=, upperdir=, workdir=). A path inside the
-    overlay's own mount point is in the merged view, not in a layer — and the layer paths in
-    mountinfo are the mounter's, which for an overlay on `/` (a container's root made from
-    lowerdir=/) name directories of another mount namespace: matching those would flag every
-    path. So paths under the merged mount point never match; the check is lexical on the
-    resolved path (no stat, so it cannot trigger anything)."""
+    """(overlay mount, role, layer dir) for each layer `w.resolved` lies in, judged lexically
+    (overlay.lexical_layer_hits: no stat, so it cannot trigger anything)."""
     from holdmount import overlay
 
-    out: list[tuple[Mount, str, str]] = []
-    for m in table.overlays():
-        if _under(w.resolved, m.mount_point):
-            continue
-        for role, layer in overlay.layers(m).roles():
-            if os.path.isabs(layer) and _under(w.resolved, os.path.normpath(layer)):
-                out.append((m, role, layer))
-    return out
+    return overlay.lexical_layer_hits(w.resolved, table)
 
 
 def _overlay_findings(w: Walk, table: MountTable) -> list[Finding]:

@@ -78,12 +78,12 @@ _ERRNO_HINTS: dict[int, str] = {
 
 
 def os_failure(call: str, path: str | os.PathLike[str], exc: OSError,
-               *, hint: str | None = None) -> Failure:
+               *, hint: str | None = None, code: Exit | None = None) -> Failure:
     """`open(/boot): No such file or directory` with a code and hint chosen from errno."""
     num = exc.errno or 0
     reason = os.strerror(num) if num else str(exc)
     return Failure(
         f"{call}({os.fspath(path)}): {reason}",
         hint=hint or _ERRNO_HINTS.get(num),
-        code=_ERRNO_CODES.get(num, Exit.OSERR),
+        code=code if code is not None else _ERRNO_CODES.get(num, Exit.OSERR),
     )

@@ -80,11 +80,10 @@ def _helper(paths: Sequence[str], sock: socket.socket) -> None:
         os.close(fd)
 
 
-def _open_batch(paths: Sequence[str], timeout: float) -> tuple[dict[int, int | OSError], int]:
-    """Open paths[0:] in a helper until done or until one path took `timeout` seconds (the
-    deadline restarts at each answer: a long batch of quick paths never times out); returns
-    results and how many were attempted (the first unanswered index, if the helper was killed,
-    timed out)."""
+def _open_batch(paths: Sequence[str], timeout: float) -> list[int | OSError]:
+    """Open paths in a helper until done or until one path took `timeout` seconds (the deadline
+    restarts at each answer: a long batch of quick paths never times out). Returns the answers
+    in order (SOCK_SEQPACKET keeps it); if there are fewer than paths, the next one hung."""
     deadline = time.monotonic() + timeout
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -103,7 +102,7 @@ def _open_batch(paths: Sequence[str], timeout: float) -> tuple[dict[int, int | O
         finally:
             os._exit(code)
     child.close()
-    results: dict[int, int | OSError] = {}
+    results: list[int | OSError] = []
     try:
         while len(results) < len(paths):
             remaining = deadline - time.monotonic()
@@ -120,12 +119,13 @@ def _open_batch(paths: Sequence[str], timeout: float) -> tuple[dict[int, int | O
                     fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
             deadline = time.monotonic() + timeout
             index, err = _MSG.unpack(msg)
-            if err:
-                results[index] = OSError(err, os.strerror(err))
-            elif fds:
-                results[index] = fds[0]
-                for extra in fds[1:]:
-                    os.close(extra)
+            for extra in fds[1:]:
+                os.close(extra)
+            if index != len(results) or not (err or fds):  # cannot happen: stop trusting it
+                if fds:
+                    os.close(fds[0])
+                break
+            results.append(OSError(err, os.strerror(err)) if err else fds[0])
     finally:
         parent.close()
         if len(results) < len(paths):
@@ -134,7 +134,7 @@ def _open_batch(paths: Sequence[str], timeout: float) -> tuple[dict[int, int | O
             except ProcessLookupError:
                 pass
         os.waitpid(pid, 0)
-    return results, len(results)
+    return results
 
 
 def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
@@ -142,18 +142,12 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
     out: list[int | OSError] = []
     start = 0
     while start < len(paths):
-        results, _ = _open_batch(paths[start:], timeout)
-        done = 0
-        while done in results:
-            out.append(results[done])
-            done += 1
-        for index, value in results.items():  # answers after a gap (cannot happen; be safe)
-            if index > done and isinstance(value, int):
-                os.close(value)
-        if start + done < len(paths):
+        answers = _open_batch(paths[start:], timeout)
+        out.extend(answers)
+        start += len(answers)
+        if start < len(paths):  # paths[start] hung: give up on it, go on with the rest
             out.append(TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g}s"))
-            done += 1
-        start += done
+            start += 1
     return out
 
 

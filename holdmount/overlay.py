@@ -163,33 +163,48 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
+def candidate_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layers, str, str]]:
+    """(mount, layers, role, layer dir) of every absolute layer of every mounted overlay whose
+    merged view does not contain `path` (absolute, resolved).
+
+    A path seen through an overlay's own merged view is written through the overlay, which is
+    allowed; and that overlay's layer paths are in the *mounter's* namespace, so for a container
+    whose root is overlay(lowerdir=/) they would otherwise match every path. Layer paths given
+    relative to the mounter's cwd at mount time are unknowable here and skipped."""
+    for m in table.overlays():
+        if _inside(path, m.mount_point):
+            continue
+        lay = layers(m)
+        for role, d in lay.roles():
+            if os.path.isabs(d):
+                yield m, lay, role, d
+
+
+def lexical_layer_hits(path: str, table: MountTable) -> list[tuple[Mount, str, str]]:
+    """(mount, role, layer dir) for each layer `path` lies in, by the path's text alone: no
+    stat, so it cannot trigger an automount (doctor's check)."""
+    return [(m, role, d) for m, _lay, role, d in candidate_layers(path, table)
+            if _inside(path, os.path.normpath(d))]
+
+
 def overlay_layer_of(path: str | os.PathLike[str],
                      table: MountTable | None = None) -> tuple[Layers, str, str] | None:
     """(layers, role, layer directory) when `path` is inside a layer of a mounted overlay."""
     table = table if table is not None else MountTable.read()
     target = _resolve(os.fspath(path))
     ids: set[tuple[int, int]] | None = None
-    for m in table.overlays():
-        if _inside(target, m.mount_point):
-            # Seen through this overlay's merged view: writing there goes through the overlay,
-            # which is allowed. Its layer paths are in the *mounter's* namespace and would
-            # otherwise match everything (a container whose root is overlay(lowerdir=/)).
+    for _m, lay, role, d in candidate_layers(target, table):
+        if _inside(target, os.path.realpath(d)):
+            return lay, role, d
+        # the same directory reached through another path (bind mount, symlink)
+        try:
+            st = os.stat(d)
+        except OSError:
             continue
-        lay = layers(m)
-        for role, d in lay.roles():
-            if not os.path.isabs(d):
-                continue  # relative to the mounter's cwd at mount time: unknowable here
-            if _inside(target, os.path.realpath(d)):
-                return lay, role, d
-            # the same directory reached through another path (bind mount, symlink)
-            try:
-                st = os.stat(d)
-            except OSError:
-                continue
-            if ids is None:
-                ids = _identities(target)
-            if (st.st_dev, st.st_ino) in ids:
-                return lay, role, d
+        if ids is None:
+            ids = _identities(target)
+        if (st.st_dev, st.st_ino) in ids:
+            return lay, role, d
     return None
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import os
 import signal
+import subprocess
 from collections.abc import Sequence
 
 from holdmount import checks, delegate, hold, syscalls, tmpfiles
@@ -74,26 +75,28 @@ def check(spec: RunSpec, holds: list[hold.Hold]) -> None:
                 checks.require_writable(h)
             if spec.require_exec:
                 checks.require_exec(h)
-            if spec.protect:
-                warn_unprotectable(h)
             log.debug("holding %s: %s from %s on %s%s", h.info.path, h.info.fstype,
                       h.info.source, h.info.mount_point,
                       " (automount)" if h.info.automount else "")
     except Failure:
         hold.release_all(holds)
         raise
+    if spec.protect:
+        warn_unprotectable(holds)
 
 
-def warn_unprotectable(h: hold.Hold) -> None:
+def warn_unprotectable(holds: list[hold.Hold]) -> None:
+    """A lock on the very directory a tmpfiles rule names protects nothing: say so."""
     try:
-        rules = tmpfiles.load()
-    except (OSError, ValueError, Exception) as e:  # no systemd-tmpfiles: nothing to warn about
+        rules = tmpfiles.load()  # one `systemd-tmpfiles --cat-config` for all holds
+    except (OSError, subprocess.SubprocessError) as e:  # no systemd-tmpfiles: nothing to say
         log.debug("systemd-tmpfiles --cat-config: %s", e)
         return
-    for rule in tmpfiles.named_by_rule(rules, h.info.resolved):
-        log.warning("--protect on %s protects nothing from %s:%d (%s): tmpfiles skips locked "
-                    "directories only below the directory a rule names; hold a subdirectory",
-                    h.info.path, rule.file, rule.line, rule.text)
+    for h in holds:
+        for rule in tmpfiles.named_by_rule(rules, h.info.resolved):
+            log.warning("--protect on %s protects nothing from %s:%d (%s): tmpfiles skips "
+                        "locked directories only below the directory a rule names; hold a "
+                        "subdirectory", h.info.path, rule.file, rule.line, rule.text)
 
 
 def spawn(command: Sequence[str]) -> int:
@@ -113,8 +116,8 @@ def wait_forwarding(pid: int) -> int:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
-                128 + os.WTERMSIG(status)
+            code = os.waitstatus_to_exitcode(status)  # -N when signal N killed it
+            return code if code >= 0 else 128 - code
         info = signal.sigwaitinfo(watched)
         if info.si_signo == signal.SIGCHLD:
             continue

@@ -30,8 +30,19 @@ def pytest_runtest_makereport(
     return report
 
 
+# Using one of these fixtures makes a test a real-component test, marker or not, so that a test
+# that forgot its marker cannot skip quietly in CI.
+REAL_FIXTURES = {"autofs": "real", "autofs_factory": "real", "nslab": "real",
+                 "container_factory": "nspawn", "sysroot_factory": "nspawn",
+                 "lab_repo": "nspawn"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            kind = REAL_FIXTURES.get(name)
+            if kind is not None and not item.get_closest_marker(kind):
+                item.add_marker(getattr(pytest.mark, kind))
         if (item.get_closest_marker("real") or item.get_closest_marker("nspawn")) \
                 and os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason="needs root"))

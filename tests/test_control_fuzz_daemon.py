@@ -214,6 +214,7 @@ def test_fuzz_as_root(daemon: tuple[DaemonProc, Pool]) -> None:
     run_fuzz(daemon, None)
 
 
+@pytest.mark.real  # a real component: must not skip in CI
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as nobody")
 def test_fuzz_as_nobody(daemon: tuple[DaemonProc, Pool]) -> None:
     run_fuzz(daemon, 65534)

@@ -28,8 +28,11 @@ class NotifyListener:
     datagrams per socket, and a sender blocks when the queue is full.
     """
 
+    max_size: int | None = None  # ignore datagrams of this many bytes or more (as systemd does)
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.ignored = 0  # datagrams dropped for max_size
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
@@ -60,6 +63,12 @@ class NotifyListener:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     got.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
                                for i in range(0, len(payload) - len(payload) % 4, 4))
+            if self.max_size is not None and len(data) >= self.max_size:
+                for fd in got:
+                    os.close(fd)
+                with self.lock:
+                    self.ignored += 1
+                continue
             fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
             with self.lock:
                 self.messages.append(fields)

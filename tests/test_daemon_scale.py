@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,32 +25,7 @@ class SystemdLikeListener(NotifyListener):
     """NotifyListener that, like systemd, ignores a datagram of SYSTEMD_MAX bytes or more as a
     whole (NotifyListener itself records every message, whatever its size)."""
 
-    def __init__(self, path: Path) -> None:
-        self.ignored = 0  # before the draining thread starts
-        super().__init__(path)
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data, anc, _flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(64))
-            except (TimeoutError, BlockingIOError, OSError):
-                return
-            got: list[int] = []
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
-                               for i in range(0, len(payload) - len(payload) % 4, 4))
-            if len(data) >= SYSTEMD_MAX:
-                for fd in got:
-                    os.close(fd)
-                with self.lock:
-                    self.ignored += 1
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
-            with self.lock:
-                self.messages.append(fields)
-                self.fds.extend(got)
-                self.stored.setdefault(fields.get("FDNAME", "stored"), []).extend(got)
+    max_size = SYSTEMD_MAX
 
 
 def many_dirs(base: Path, n: int) -> list[Path]:

@@ -121,6 +121,7 @@ def test_fdstore_config_switch() -> None:
         config.loads('[daemon]\nfdstore = "no"\n')
 
 
+@pytest.mark.real  # a real component: must not skip in CI
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 def test_socket_mode_and_group_are_applied() -> None:
     import grp

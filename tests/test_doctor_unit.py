@@ -131,6 +131,7 @@ def test_statfs_thresholds() -> None:
 
 # --- systemd -------------------------------------------------------------------------------------
 
+@pytest.mark.real  # a real component: must not skip in CI
 @pytest.mark.parametrize("path", ["/boot", "/var/tmp/a-b", "/srv/with space/x.y", "/",
                                   "/.hidden/dir", "/mnt/ü"])
 def test_escape_path_matches_systemd_escape(path: str) -> None:
@@ -227,6 +228,7 @@ def test_no_systemd_without_the_marker(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert isinstance(st, systemd.NoSystemd) and "not running" in st.reason
 
 
+@pytest.mark.real  # a real component: must not skip in CI
 def test_unreachable_bus_is_no_systemd(tmp_path: Path) -> None:
     """A real pystemd DBusAddress connection to a socket nobody listens on."""
     pytest.importorskip("pystemd")

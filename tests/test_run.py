@@ -127,6 +127,7 @@ def test_dangling_symlink(tmp_path: Path) -> None:
                        f"holdmount: open({link}): No such file or directory")
 
 
+@pytest.mark.real  # a real component: must not skip in CI
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
 def test_permission_denied(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)

@@ -141,6 +141,7 @@ def test_path_outside_root_is_not_covered(tmp_path: Path) -> None:
     assert coverage(rules(), "/var/tmp/x", root=str(tmp_path)) == []
 
 
+@pytest.mark.real  # a real component: must not skip in CI
 def test_load_with_root_names_the_files(tmp_path: Path) -> None:
     conf = tmp_path / "etc" / "tmpfiles.d"
     conf.mkdir(parents=True)
