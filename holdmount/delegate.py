@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from holdmount import control
-from holdmount.config import DEFAULT_SOCKET, SOCKET_ENV
 from holdmount.errors import Exit, Failure, os_failure
 from holdmount.hold import Hold, HoldInfo
+from holdmount.paths import control_socket
 
 
 def socket_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return control_socket(explicit)
 
 
 def open_proof(path: str) -> int:

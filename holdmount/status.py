@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from holdmount import control
-from holdmount.config import DEFAULT_SOCKET, SOCKET_ENV
+from holdmount.paths import control_socket
 
 
 def socket_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return control_socket(explicit)
 
 
 def main(*, as_json: bool = False, socket: str | None = None) -> int:

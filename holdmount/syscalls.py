@@ -1,8 +1,8 @@
 """The only module that talks to the kernel through ctypes or reads fd metadata from /proc.
 
 Everything here is a thin, typed wrapper: fstatfs (Python's statvfs has no f_type), the mount id of
-an fd (from /proc/self/fdinfo), mount-namespace identity, pidfds and the filesystem magic numbers
-we care about.
+an fd (from /proc/self/fdinfo), mount-namespace identity, pidfds, syncfs, and the kernel magic
+numbers we care about.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ import ctypes
 import dataclasses
 import os
 
+# --- kernel magic numbers (the one place for them) ----------------------------------------------
+# statfs.f_type values (linux/magic.h)
 AUTOFS_SUPER_MAGIC = 0x0187
-OVERLAYFS_SUPER_MAGIC = 0x794C7630
-TMPFS_MAGIC = 0x01021994
-NFS_SUPER_MAGIC = 0x6969
-
+FUSE_SUPER_MAGIC = 0x65735546
 # statfs.f_flags bits (linux/statfs.h ST_*)
 ST_RDONLY = 0x0001
 ST_NOEXEC = 0x0008
-
 
 
 def _load_libc() -> ctypes.CDLL:
@@ -131,18 +129,6 @@ def in_host_mount_ns() -> bool | None:
         return mount_ns_id("self") == mount_ns_id(1)
     except PermissionError:
         return None
-
-
-def unshare_mount_ns() -> None:
-    """unshare(CLONE_NEWNS) — os.unshare only arrived in Python 3.12."""
-    clone_newns = 0x00020000
-    if _libc.unshare(clone_newns) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), "unshare(CLONE_NEWNS)")
-
-
-def pidfd_open(pid: int) -> int:
-    return os.pidfd_open(pid)
 
 
 def syncfs(fd: int) -> None:

@@ -3,7 +3,7 @@
 The configuration is read the way systemd reads it, through `systemd-tmpfiles --cat-config`
 (which applies /etc over /run over /usr/lib overrides), and every rule keeps its file and line.
 
-Facts this module encodes (systemd 252, measured — see DESIGN.md):
+Facts this module encodes (systemd 252, measured; docs/doctor.md lists them with the rest):
 - a rule with an age cleans entries *below* its directory, never the directory itself;
 - a directory below the rule's directory that another process holds a BSD flock on is skipped
   with its subtree; a lock on the configured directory itself protects nothing;

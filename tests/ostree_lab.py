@@ -1,6 +1,6 @@
 """A throw-away ostree sysroot, booted in systemd-nspawn the way ostree believes it is booted.
 
-Facts this relies on (../shared/DESIGN.md, "ostree for real"; measured with Debian's ostree 2022.7):
+Facts this relies on (measured with Debian's ostree 2022.7; docs/ostree.md has the rest):
 
 - ostree decides it is booted from `/run/ostree-booted` plus the device/inode of `/` matching a
   deployment directory (it does not read /proc/cmdline for that). So the container's root is the
@@ -333,7 +333,7 @@ def holdmount_units() -> dict[str, str]:
     d = Path(os.environ.get(UNITS_ENV) or REPO / "units")
     service = d / "holdmount.service"
     if not service.exists():
-        pytest.skip(f"{service} does not exist yet (issue 3)")
+        pytest.skip(f"{service} does not exist yet (holdmount is not installed in this sysroot)")
     units = {}
     for name in ("holdmount.service", "holdmount-report.service"):
         p = d / name

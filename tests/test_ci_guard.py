@@ -33,3 +33,17 @@ def test_skipped_real_test_fails_under_ci(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout
     assert "2 skipped" in r.stdout
+
+
+def test_ci_run_sets_ci_itself(tmp_path: Path) -> None:
+    """.ci/run is strict whoever starts it: it exports CI=true before the test command."""
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / ".ci" / "run").write_text((repo / ".ci" / "run").read_text())
+    (tmp_path / "scripts" / "test").write_text('echo "CI=$CI"\n')  # stands in for the suite
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "CI=true\n"

@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from holdmount import __main__, config
 from holdmount.config import When
 from holdmount.errors import Exit, Failure
 
-HM = ["/work/main/.venv/bin/python", "-m", "holdmount"]
+HM = [sys.executable, "-m", "holdmount"]
 
 OSTREE = Path(__file__).resolve().parent.parent / "packaging" / "examples" / "ostree.toml"
 GENERIC = Path(__file__).resolve().parent.parent / "packaging" / "examples" / "holdmount.toml"

@@ -2,7 +2,7 @@
 
 The lab's mount namespace plays the host's part: the daemon runs there, and jobs run in
 `unshare -m --propagation private` copies made *inside* it. A job's namespace never triggers the
-automount itself: a namespace made before the mount that then triggers it hangs (DESIGN.md), so
+automount itself: a namespace made before the mount that triggers it hangs (docs/delegation.md), so
 delegated clients open paths O_PATH only, and the in-process (`--delegate never`) control case
 uses a namespace made while the mount was there (its copy of the mount is what it opens).
 """

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autofs import AutofsLab, wait_for
+from autofs import AutofsLab, lab_base, wait_for
 from conftest import holdmount_cmd, require_binary
 from sandbox import Cgroup
+from test_daemon_harness import DaemonProc
 
-from holdmount import doctor, tmpfiles
+from holdmount import tmpfiles
+from holdmount.doctor.proc import reference_namespace
 
 pytestmark = pytest.mark.real
 
@@ -42,10 +44,11 @@ def findings(data: Doc, index: int = 0) -> dict[str, Doc]:
     return {f["code"]: f for f in data["paths"][index]["findings"]}
 
 
-def lab_doctor(lab: AutofsLab, *args: str, pid: int | None = None) -> Doc:
+def lab_doctor(lab: AutofsLab, *args: str, pid: int | None = None,
+               env: dict[str, str] | None = None) -> Doc:
     cmd = [*holdmount_cmd(), "doctor", "--json", *args]
     if pid is None:
-        return _parse(lab.run(cmd))
+        return _parse(lab.run(cmd, env=env))
     return _parse(lab.cgroup.run(["nsenter", "-t", str(pid), "-m", "--", *cmd],
                                  capture_output=True, text=True, timeout=120))
 
@@ -104,6 +107,35 @@ def test_mounted_and_busy(autofs: AutofsLab) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_hold_for_a_client_is_seen(autofs: AutofsLab) -> None:
+    """A real daemon holding the automount for a client (`holdmount hold PATH`): doctor asks it
+    over the control socket and says it holds the path, next to the daemon's fd in the busy
+    scan (it used to say "does not hold it" there)."""
+    mp = autofs.mp["a"]
+    base = lab_base()
+    d = DaemonProc(base, "", popen=autofs.popen, wrap=autofs.cmd)
+    owner = autofs.popen(["sleep", "600"])
+    try:
+        d.wait_ready()
+        env = {**os.environ, "HOLDMOUNT_SOCKET": d.socket}
+        f = findings(lab_doctor(autofs, mp, env=env))
+        assert f["daemon"]["details"] == {"running": True, "holds": False}, f["daemon"]
+        assert f["daemon"]["message"] == f"the holdmount daemon ({d.socket}) does not hold it"
+        r = autofs.run([*holdmount_cmd(), "hold", mp, "--until-pid", str(owner.pid)], env=env)
+        assert r.returncode == 0, r.stderr
+        f = findings(lab_doctor(autofs, mp, env=env))
+        assert f["daemon"]["details"] == {"running": True, "holds": True}, f["daemon"]
+        assert f["daemon"]["message"] == \
+            f"the holdmount daemon ({d.socket}) holds it (held for a client: {mp})"
+        assert d.pid in {u["pid"] for u in f["busy"]["details"]["users"]}, f["busy"]
+        assert "not-held" not in f
+    finally:
+        owner.kill()
+        owner.wait()
+        d.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_check_writable_triggers_through_the_hold(autofs: AutofsLab) -> None:
@@ -260,7 +292,7 @@ def test_tmpfiles_mount_root_is_exempt(shared_base: Path, cgroup: Cgroup) -> Non
 # --- namespace, overlay, unprivileged ------------------------------------------------------------
 
 def test_namespace_warning_inside_unshare(tmp_path: Path) -> None:
-    ref = doctor.reference_namespace()
+    ref = reference_namespace()
     outside = findings(_doctor(str(tmp_path)))
     inside = findings(_parse(subprocess.run(
         ["unshare", "-m", "--propagation", "private", *holdmount_cmd(), "doctor", "--json",
@@ -273,25 +305,49 @@ def test_namespace_warning_inside_unshare(tmp_path: Path) -> None:
         assert "host-namespace" in outside, outside
 
 
-def test_overlay_layer_warning(shared_base: Path, cgroup: Cgroup) -> None:
-    base = shared_base
+def _doctor_in_overlay(base: Path, cgroup: Cgroup, layers: str, *paths: str) -> Doc:
+    """Mount an overlay of base/{lower,upper,work} on base/merged (layer paths as `layers`
+    gives them, mounted from base) in a private mount namespace, write merged/new, and run
+    doctor on `paths` there. base/mountinfo keeps the overlay's mountinfo line."""
     for d in ("lower", "upper", "work", "merged"):
         (base / d).mkdir()
     (base / "lower" / "old").write_text("x")
-    script = (f"set -e; mount -t overlay -o lowerdir={base}/lower,upperdir={base}/upper,"
-              f"workdir={base}/work doctor-test {base}/merged; echo new > {base}/merged/new; "
-              f"{' '.join(holdmount_cmd())} doctor --json {base}/upper/new {base}/merged/new "
-              f"{base}/lower/old > {base}/out.json || true")
+    script = (f"set -e; cd {base}; mount -t overlay -o {layers} doctor-test merged; "
+              "echo new > merged/new; grep doctor-test /proc/self/mountinfo > mountinfo; "
+              f"{' '.join(holdmount_cmd())} doctor --json {' '.join(paths)} > out.json || true")
     r = cgroup.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                    capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    data = json.loads((base / "out.json").read_text())
+    data: Doc = json.loads((base / "out.json").read_text())
+    return data
+
+
+def test_overlay_layer_warning(shared_base: Path, cgroup: Cgroup) -> None:
+    base = shared_base
+    data = _doctor_in_overlay(
+        base, cgroup, f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work",
+        f"{base}/upper/new", f"{base}/merged/new", f"{base}/lower/old")
     up = findings(data, 0)["overlay-layer"]
     assert up["severity"] == "warning" and up["details"]["role"] == "upperdir"
     assert up["details"]["overlay"] == str(base / "merged")
     assert "undefined behaviour" in up["message"]
     assert "no-overlay-layer" in findings(data, 1)
     assert findings(data, 2)["overlay-layer"]["details"]["role"] == "lowerdir"
+
+
+def test_overlay_with_relative_layers(shared_base: Path, cgroup: Cgroup) -> None:
+    """An overlay mounted with layer paths relative to the mounter's cwd: mountinfo shows them
+    as given, so doctor cannot place them and must say so rather than "not inside a layer"."""
+    base = shared_base
+    data = _doctor_in_overlay(base, cgroup, "lowerdir=lower,upperdir=upper,workdir=work",
+                              f"{base}/upper/new")
+    assert "upperdir=upper," in (base / "mountinfo").read_text()  # kept relative
+    f = findings(data)
+    unknown = f["overlay-layers-unknown"]
+    assert unknown["severity"] == "warning"
+    assert unknown["details"]["overlay"] == str(base / "merged")
+    assert set(unknown["details"]["relative_layers"]) == {"lower", "upper", "work"}
+    assert "no-overlay-layer" not in f and "overlay-layer" not in f
 
 
 def test_unreadable_path_as_unprivileged_user(shared_base: Path) -> None:

@@ -15,8 +15,12 @@ from typing import Any
 
 import pytest
 
-from holdmount import doctor, systemd
+from holdmount import control, doctor, systemd
 from holdmount.doctor import Finding, Options, Report, Section, Severity
+from holdmount.doctor.ask import DaemonView, holder, probe_daemon
+from holdmount.doctor.layers import overlay_findings
+from holdmount.doctor.walk import Walk, find_trigger, walk, would_trigger
+from holdmount.doctor.writable import statfs_findings
 from holdmount.mounts import MountTable
 
 TABLE = MountTable.parse([
@@ -34,27 +38,27 @@ TABLE = MountTable.parse([
 
 
 def test_find_trigger_direct_indirect() -> None:
-    t = doctor.find_trigger(TABLE, "/mnt/direct/a/b")
+    t = find_trigger(TABLE, "/mnt/direct/a/b")
     assert t is not None and t.kind == "direct" and t.point == "/mnt/direct" and t.mounted is None
-    t = doctor.find_trigger(TABLE, "/net/host/x")
+    t = find_trigger(TABLE, "/net/host/x")
     assert t is not None and t.kind == "indirect" and t.point == "/net/host"
     assert t.mounted is not None and t.mounted.fstype == "nfs4"
-    t = doctor.find_trigger(TABLE, "/net/other/x")
+    t = find_trigger(TABLE, "/net/other/x")
     assert t is not None and t.point == "/net/other" and t.mounted is None
-    t = doctor.find_trigger(TABLE, "/net")
+    t = find_trigger(TABLE, "/net")
     assert t is not None and t.point is None  # an indirect map's root
-    t = doctor.find_trigger(TABLE, "/mnt/held/x")
+    t = find_trigger(TABLE, "/mnt/held/x")
     assert t is not None and t.mounted is not None and t.mount.autofs_timeout == 0
-    assert doctor.find_trigger(TABLE, "/mnt/directory") is None  # a prefix, not a parent
+    assert find_trigger(TABLE, "/mnt/directory") is None  # a prefix, not a parent
 
 
 def test_would_trigger() -> None:
-    assert doctor._would_trigger(TABLE, "/mnt/direct", "/mnt/direct/a")
-    assert doctor._would_trigger(TABLE, "/net", "/net/other")
-    assert not doctor._would_trigger(TABLE, "/net", "/net/host")  # already mounted
-    assert not doctor._would_trigger(TABLE, "/net/host", "/net/host/x")
-    assert not doctor._would_trigger(TABLE, "/mnt/held", "/mnt/held/x")
-    assert not doctor._would_trigger(TABLE, "/mnt", "/mnt/direct")  # lstat of the point: fine
+    assert would_trigger(TABLE, "/mnt/direct", "/mnt/direct/a")
+    assert would_trigger(TABLE, "/net", "/net/other")
+    assert not would_trigger(TABLE, "/net", "/net/host")  # already mounted
+    assert not would_trigger(TABLE, "/net/host", "/net/host/x")
+    assert not would_trigger(TABLE, "/mnt/held", "/mnt/held/x")
+    assert not would_trigger(TABLE, "/mnt", "/mnt/direct")  # lstat of the point: fine
 
 
 def test_walk_resolves_symlinks_and_dotdot(tmp_path: Path) -> None:
@@ -62,15 +66,15 @@ def test_walk_resolves_symlinks_and_dotdot(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("real")
     (tmp_path / "abs").symlink_to(tmp_path / "real" / "sub")
     table = MountTable.parse(["1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"])
-    w = doctor.walk(str(tmp_path / "link" / "sub" / ".." / "sub"), table)
+    w = walk(str(tmp_path / "link" / "sub" / ".." / "sub"), table)
     assert w.resolved == str(tmp_path / "real" / "sub") and w.error is None
     assert w.st is not None
-    w = doctor.walk(str(tmp_path / "abs"), table)
+    w = walk(str(tmp_path / "abs"), table)
     assert w.resolved == str(tmp_path / "real" / "sub")
     (tmp_path / "loop").symlink_to("loop")
-    w = doctor.walk(str(tmp_path / "loop" / "x"), table)
+    w = walk(str(tmp_path / "loop" / "x"), table)
     assert w.error is not None and w.error.errno == 40  # ELOOP
-    w = doctor.walk(str(tmp_path / "missing" / "x"), table)
+    w = walk(str(tmp_path / "missing" / "x"), table)
     assert w.error is not None and w.failed_at == str(tmp_path / "missing")
 
 
@@ -79,26 +83,50 @@ def test_walk_stops_at_an_unmounted_trigger(tmp_path: Path) -> None:
     table = MountTable.parse([
         "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n",
         f"20 1 0:40 / {tmp_path}/mp rw - autofs map rw,pgrp=1,timeout=2,direct\n"])
-    w = doctor.walk(str(tmp_path / "mp" / "a" / "b"), table)
+    w = walk(str(tmp_path / "mp" / "a" / "b"), table)
     assert w.stopped_at == str(tmp_path / "mp")
     assert w.resolved == str(tmp_path / "mp" / "a" / "b") and w.error is None
-    w = doctor.walk(str(tmp_path / "mp"), table)  # the point itself: lstat does not trigger
+    w = walk(str(tmp_path / "mp"), table)  # the point itself: lstat does not trigger
     assert w.stopped_at is None and w.st is not None
+
+
+def _overlay(path: str, table: MountTable) -> list[tuple[str, Any, Any]]:
+    w = Walk(path, path, None, None, None, None, {})
+    return [(f.code, f.details.get("role"), f.details.get("layer"))
+            for f in overlay_findings(w, table)]
 
 
 def test_overlay_hits() -> None:
     def hits(path: str) -> list[tuple[str, str]]:
-        w = doctor.Walk(path, path, None, None, None, None, {})
-        return [(role, layer) for _m, role, layer in doctor._overlay_hits(w, TABLE)]
+        return [(role, layer) for code, role, layer in _overlay(path, TABLE)
+                if code == "overlay-layer"]
 
     assert hits("/up/x") == [("upperdir", "/up")]
     assert hits("/l:2/y") == [("lowerdir", "/l:2")]  # "\\:" escapes a colon in lowerdir=
     assert hits("/wk") == [("workdir", "/wk")]
     assert hits("/merged/up/x") == [] and hits("/upper") == []
+    assert _overlay("/upper", TABLE) == [("no-overlay-layer", None, None)]
     root_overlay = MountTable.parse([
         "1 0 0:50 / / rw - overlay overlay rw,lowerdir=/,upperdir=/ns/upper,workdir=/ns/work\n"])
-    w = doctor.Walk("/srv/x", "/srv/x", None, None, None, None, {})
-    assert doctor._overlay_hits(w, root_overlay) == []  # a container's root: not a layer
+    # a container's root: not a layer
+    assert _overlay("/srv/x", root_overlay) == [("no-overlay-layer", None, None)]
+
+
+def test_relative_overlay_layers_are_unknown_not_absent() -> None:
+    """mountinfo shows layers given relative to the mounter's cwd as they were given: doctor
+    cannot place them, so it warns instead of saying "not inside a layer"."""
+    table = MountTable.parse([
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        "30 1 0:50 / /merged rw - overlay overlay rw,lowerdir=lower:/abs/lower,upperdir=upper,"
+        "workdir=work\n"])
+    w = Walk("/srv/x", "/srv/x", None, None, None, None, {})
+    [f] = overlay_findings(w, table)
+    assert (f.code, f.severity) == ("overlay-layers-unknown", Severity.WARNING)
+    assert f.details["relative_layers"] == ["upper", "work", "lower"]
+    assert "is inside one is unknown" in f.message and "/merged" in f.message
+    assert [c for c, _r, _l in _overlay("/abs/lower/y", table)] == \
+        ["overlay-layer", "overlay-layers-unknown"]
+    assert [c for c, _r, _l in _overlay("/merged/x", table)] == ["no-overlay-layer"]
 
 
 def _report(*sev: Severity) -> Report:
@@ -120,7 +148,7 @@ def test_statfs_thresholds() -> None:
     from holdmount.syscalls import ST_NOEXEC, ST_RDONLY, StatFs
 
     def codes(st: StatFs) -> set[str]:
-        return {f.code for f in doctor._statfs_findings(st, "/x", checked=True)}
+        return {f.code for f in statfs_findings(st, "/x", checked=True)}
 
     full = StatFs(0x1021994, 4096, 100, 0, 10, 5, 0)
     assert "full" in codes(full)
@@ -250,71 +278,83 @@ def test_no_pystemd_degrades(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- the daemon hook -----------------------------------------------------------------------------
 
-def test_daemon_probe(tmp_path: Path) -> None:
-    v = doctor.probe_daemon(str(tmp_path / "none"), "/x")
-    assert not v.running and "not running" in v.detail
+def test_daemon_probe_without_a_daemon(tmp_path: Path) -> None:
+    v = probe_daemon(str(tmp_path / "none"), "/x")
+    assert not v.running and "not running" in v.detail and "No such file" in v.detail
     stale = tmp_path / "stale"
-    s = socket.socket(socket.AF_UNIX)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.bind(str(stale))
-    s.close()
-    v = doctor.probe_daemon(str(stale), "/x")
-    assert not v.running and "stale" in v.detail
+    s.close()  # bound, never listening: what a daemon that died leaves behind
+    v = probe_daemon(str(stale), "/x")
+    assert not v.running and "Connection refused" in v.detail and "not running" in v.detail
 
 
-def test_status_holds_shapes() -> None:
-    status = {"holds": [{"path": "/boot", "mnt_id": 3}, {"path": "/var/tmp/job"}]}
-    assert doctor.status_holds(status, "/boot") is True
-    assert doctor.status_holds(status, "/boot/efi/x") is True
-    assert doctor.status_holds(status, "/var/tmp") is False
-    assert doctor.status_holds({"units": {"holds": [{"resolved": "/srv"}]}}, "/srv/a") is True
-    assert doctor.status_holds({"pid": 1}, "/x") is None
-    assert doctor.status_holds(None, "/x") is None
+def test_holder_reads_configured_and_delegated_holds() -> None:
+    status = {"holds": [{"path": "/boot", "held": True, "resolved": "/efi"},
+                        {"path": "/var/tmp/job", "held": False}],
+              "delegated": [{"path": "/srv", "held": True, "resolved": "/srv",
+                             "holders": [{"lease": 1, "pid": 42}, {"lease": 2, "pid": 43}]}]}
+    assert holder(status, "/boot") == "configured hold on /boot"
+    assert holder(status, "/boot/grub") == "configured hold on /boot"
+    assert holder(status, "/efi/x") == "configured hold on /efi"  # as resolved
+    assert holder(status, "/var/tmp/job") is None  # configured, but not held now
+    assert holder(status, "/srv/a") == "held for a client: /srv"
+    assert holder(status, "/srvx") is None and holder(status, "/") is None
+    assert holder({}, "/boot") is None
 
 
-def test_daemon_probe_over_seqpacket(tmp_path: Path) -> None:
-    """A daemon-like SOCK_SEQPACKET server answering ping/status with JSON."""
+def test_daemon_probe_asks_the_control_server(tmp_path: Path) -> None:
+    """The real control server (holdmount.control.Server) answering `status` as the daemon
+    registers it; doctor asks through the real client."""
+    import selectors
     import threading
 
-    path = tmp_path / "control"
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    srv.bind(str(path))
-    srv.listen()
+    sel = selectors.DefaultSelector()
+    server = control.Server(str(tmp_path / "control"), sel)
+    status = {"holds": [], "delegated": [{"path": "/boot", "held": True, "holders": []}]}
+    server.register("status", lambda _req: {"status": status})
+    stop = threading.Event()
 
     def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                while msg := conn.recv(65536):
-                    op = json.loads(msg)["op"]
-                    body = {"ok": True, "protocol": 1} if op == "ping" else \
-                        {"ok": True, "status": {"holds": [{"path": "/boot"}]}}
-                    conn.send(json.dumps(body).encode())
+        while not stop.is_set():
+            for key, mask in sel.select(0.05):
+                key.data(mask)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        v = doctor.probe_daemon(str(path), "/boot")
-        assert v.running
-        try:
-            import holdmount.control  # noqa: F401
-        except ImportError:
-            return  # without the client module doctor only sees that something listens
-        assert v.holds is True, v
-        assert doctor.probe_daemon(str(path), "/srv").holds is False
+        v = probe_daemon(server.path, "/boot")
+        assert v == DaemonView(True, True, f"the holdmount daemon ({server.path}) holds it "
+                               "(held for a client: /boot)")
+        v = probe_daemon(server.path, "/srv")
+        assert (v.running, v.holds) == (True, False) and v.detail.endswith("does not hold it")
     finally:
-        srv.close()
+        stop.set()
+        t.join()
+        server.close()
 
 
 def test_daemon_hook_is_pluggable(tmp_path: Path) -> None:
-    def probe(sock: str, path: str) -> doctor.DaemonView:
-        return doctor.DaemonView(True, True, f"fake daemon at {sock} holds {path}")
+    def probe(sock: str, path: str) -> DaemonView:
+        return DaemonView(True, True, f"fake daemon at {sock} holds {path}")
 
     rep = doctor.diagnose(str(tmp_path), Options(daemon_probe=probe, socket_path="/s"))
     [f] = [f for f in rep.findings if f.code == "daemon"]
     assert f.message == f"fake daemon at /s holds {tmp_path}"
+
+
+def test_socket_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def probe(sock: str, path: str) -> DaemonView:
+        seen.append(sock)
+        return DaemonView(False, False, "none")
+
+    monkeypatch.setenv("HOLDMOUNT_SOCKET", str(tmp_path / "s"))
+    doctor.diagnose(str(tmp_path), Options(daemon_probe=probe))
+    monkeypatch.delenv("HOLDMOUNT_SOCKET")
+    doctor.diagnose(str(tmp_path), Options(daemon_probe=probe))
+    assert seen == [str(tmp_path / "s"), "/run/holdmount/control"]
 
 
 # --- the CLI on bad input ----------------------------------------------------------------------

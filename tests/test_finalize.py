@@ -109,6 +109,7 @@ def test_signals_record_wake_and_restore() -> None:
         pass
 
     old_term = signal.signal(signal.SIGTERM, mine)
+    old_hup = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup
     old_wakeup = signal.set_wakeup_fd(-1)
     try:
         with Signals([signal.SIGTERM, signal.SIGHUP]) as s:
@@ -118,7 +119,7 @@ def test_signals_record_wake_and_restore() -> None:
             assert s.drain() == [signal.SIGTERM, signal.SIGTERM]
             assert s.drain() == []
         assert signal.getsignal(signal.SIGTERM) is mine
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is old_hup
         assert signal.set_wakeup_fd(-1) == -1
     finally:
         signal.signal(signal.SIGTERM, old_term)

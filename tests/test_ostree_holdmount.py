@@ -1,4 +1,4 @@
-"""holdmount in place of ostree's finalize units, on a real staged deployment (issue 9).
+"""holdmount in place of ostree's finalize units, on a real staged deployment.
 
 Debian's ostree 2022.7 in systemd-nspawn (tests/ostree_lab.py), /boot an automount with
 TimeoutIdleSec=2s, the integration switched on as docs/ostree.md says (packaging/ostree: config,
