@@ -1,7 +1,14 @@
 """Shared test configuration.
 
+The folders are the map (docs/architecture.md, "Tests"): `unit/` a module's logic (files,
+sockets, processes; no kernel component that needs root), `real/` real kernel components
+(autofs, overlayfs, tmpfiles, mount namespaces), `system/` systemd as PID 1 in systemd-nspawn,
+`tree/` checks of the repository's own files (lint, man pages, completions, units, packages, the
+CI guard, the benchmark), `helpers/` fixtures and harnesses (never named test_*), importable by
+name from every test because this file puts the folder on sys.path.
+
 Markers: `real` (a real kernel component: autofs, overlayfs, tmpfiles; needs root), `nspawn`
-(systemd 252 booted in systemd-nspawn). See ci_guard.py for what CI=true changes.
+(systemd 252 booted in systemd-nspawn). See helpers/ci_guard.py for what CI=true changes.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
+
 
 def holdmount_cmd() -> list[str]:
     """How tests invoke the CLI: the venv's interpreter running the package."""

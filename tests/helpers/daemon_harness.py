@@ -1,6 +1,6 @@
 """Harness for daemon tests: the daemon as a subprocess with our own NOTIFY_SOCKET listener and
 its control socket in a temp dir. Other test modules import `DaemonProc` and `NotifyListener`
-from here; the tests at the bottom check the harness itself."""
+from here; tests/unit/test_harness_daemon.py checks the harness itself."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ class DaemonProc:
         environ = {k: v for k, v in os.environ.items()
                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         environ.update(NOTIFY_SOCKET=str(self.notify.path), HOLDMOUNT_SOCKET=self.socket,
-                       PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+                       PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         environ.update(env or {})
         argv = [*HM, "daemon", "--config", str(self.config),
                 *(["--allow-foreign-namespace"] if foreign_ok else []), *args]
@@ -174,13 +174,3 @@ class DaemonProc:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-
-# --- the harness itself --------------------------------------------------------------------
-
-def test_listener_and_daemon_ready(tmp_path: Path) -> None:
-    with DaemonProc(tmp_path, f'[[hold]]\npath = "{tmp_path}"\n') as d:
-        d.wait_ready()
-        assert d.status()["holds"][0]["held"] is True
-        d.term()
-        assert d.wait() == 0, d.log()
-    assert d.notify.index("READY") < d.notify.index("STOPPING")

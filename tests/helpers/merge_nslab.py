@@ -141,15 +141,3 @@ def link_groups(root: Path) -> set[frozenset[str]]:
 def temps(root: Path) -> list[str]:
     return [rel for rel, _ in walk(root) if os.path.basename(rel).startswith(TEMP_PREFIX)]
 
-
-# --- the lab's own test -----------------------------------------------------------------------
-
-@pytest.mark.real
-def test_lab_mounts_stay_in_the_lab(nslab: NsLab, tmp_path: Path) -> None:
-    where = tmp_path / "m"
-    nslab.mount_tmpfs(where, "size=1m")
-    nslab.sh(f"echo inside > '{where}/f'")
-    assert str(where) in nslab.mountinfo()
-    assert str(where) not in Path("/proc/self/mountinfo").read_text()
-    assert not (where / "f").exists()  # the host sees the empty directory
-    assert (nslab.path(where) / "f").read_text() == "inside\n"

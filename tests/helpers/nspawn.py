@@ -42,7 +42,7 @@ from holdmount.mounts import MountTable
 
 TEST_TARGET = "holdmount-test.target"
 UNIT_DIR = "/etc/systemd/system"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
 # The checkout (and its venv) is bound in at its own path: the overlay of / would show it too,
 # but not when it lives under /tmp (nspawn mounts a tmpfs there) or on another filesystem.

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 from nspawn import Container, ContainerError, FileSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OSNAME = "debian"
 KVER = "6.1.0-holdmount-lab"
 REF_BASE = "holdmount-lab/base"

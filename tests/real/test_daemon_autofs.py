@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from autofs import AutofsLab, wait_for
-from test_daemon_harness import DaemonProc
+from daemon_harness import DaemonProc
 
 pytestmark = pytest.mark.real
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from autofs import DEFAULT_ENTRY, AutofsLab, lab_base, wait_for
-from test_daemon_harness import HM, DaemonProc
+from daemon_harness import HM, DaemonProc
 
 pytestmark = pytest.mark.real
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 PRIVATE = ["unshare", "-m", "--propagation", "private"]
 

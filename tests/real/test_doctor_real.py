@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from autofs import AutofsLab, lab_base, wait_for
 from conftest import holdmount_cmd, require_binary
+from daemon_harness import DaemonProc
 from sandbox import Cgroup
-from test_daemon_harness import DaemonProc
 
 from holdmount import tmpfiles
 from holdmount.doctor.proc import reference_namespace

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from autofs import AutofsLab, lab_base, wait_for
-from test_daemon_harness import DaemonProc
+from daemon_harness import DaemonProc
 
 pytestmark = pytest.mark.real
 

@@ -9,10 +9,10 @@ import stat
 import subprocess
 from pathlib import Path
 
+import merge_nslab as _lab
 import pytest
-import test_merge_nslab as _lab
 from conftest import holdmount_cmd
-from test_merge_nslab import NsLab, link_groups, snapshot, temps, walk
+from merge_nslab import NsLab, link_groups, snapshot, temps, walk
 
 from holdmount import merge
 from holdmount.errors import Exit, Failure

@@ -14,10 +14,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import merge_nslab as _lab
 import pytest
-import test_merge_nslab as _lab
+from merge_nslab import NsLab, walk
 from sandbox import Cgroup
-from test_merge_nslab import NsLab, walk
 
 from holdmount.merge import merge_tree
 

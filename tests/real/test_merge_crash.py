@@ -17,10 +17,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import merge_nslab as _lab
 import pytest
-import test_merge_nslab as _lab
 from conftest import holdmount_cmd
-from test_merge_nslab import NsLab, entry, link_groups, snapshot, temps, walk
+from merge_nslab import NsLab, entry, link_groups, snapshot, temps, walk
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

@@ -9,9 +9,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+import merge_nslab as _lab
 import pytest
-import test_merge_nslab as _lab
-from test_merge_nslab import NsLab, snapshot
+from merge_nslab import NsLab, snapshot
 
 from holdmount.errors import Exit, Failure
 from holdmount.mounts import MountTable

@@ -69,7 +69,7 @@ def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
     # the project and its venv are visible at the same paths
     r = c.py("import holdmount, sys; print(holdmount.__file__)")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(Path(__file__).resolve().parent.parent / "holdmount" /
+    assert r.stdout.strip() == str(Path(__file__).resolve().parents[2] / "holdmount" /
                                    "__init__.py")
     # the container lives in our cgroup's payload, never in a host cgroup of its own
     cg = Path(f"/proc/{c.init_pid}/cgroup").read_text()
@@ -178,7 +178,8 @@ os._exit(3)   # a crash: no cleanup at all
 
 def test_crashed_test_process_leaves_no_processes_or_mounts(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c",
-                        _CRASHER.format(tests=str(Path(__file__).resolve().parent))],
+                        _CRASHER.format(tests=str(Path(__file__).resolve().parents[1]
+                                                  / "helpers"))],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     info = json.loads(r.stdout.splitlines()[-1])

@@ -1,6 +1,6 @@
 """holdmount in place of ostree's finalize units, on a real staged deployment.
 
-Debian's ostree 2022.7 in systemd-nspawn (tests/ostree_lab.py), /boot an automount with
+Debian's ostree 2022.7 in systemd-nspawn (tests/helpers/ostree_lab.py), /boot an automount with
 TimeoutIdleSec=2s, the integration switched on as docs/ostree.md says (packaging/ostree: config,
 holdmount.service drop-in, ostree-finalize-staged.path/.service/-hold.service masked):
 - the fix: stage, wait past the idle timeout, power off -> finalized; the action ran while /boot

@@ -1,6 +1,6 @@
 """ostree issue 2543 with ostree's own units, no holdmount: the failure and its control.
 
-Debian's ostree 2022.7 in systemd-nspawn (tests/ostree_lab.py): /boot is an automount with
+Debian's ostree 2022.7 in systemd-nspawn (tests/helpers/ostree_lab.py): /boot is an automount with
 TimeoutIdleSec=2s; stage a deployment; wait past the idle timeout; power off.
 - ostree's hold unit masked: the expiry stops ostree-finalize-staged.service early, its ExecStop
   (`ostree admin finalize-staged`) cannot get /boot back -> nothing finalized;

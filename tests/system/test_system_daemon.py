@@ -32,7 +32,7 @@ if shutil.which("systemd-nspawn") is None:
     pytestmark.append(pytest.mark.skip(reason="systemd-nspawn not installed (run scripts/setup)"))
 
 Factory = Callable[..., Container]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HM = str(REPO / ".venv" / "bin" / "holdmount")
 STAMP = "/var/lib/holdmount/failure.stamp"
 MARKER = "/run/hmt/staged"

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.real]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROWS = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
 
 

@@ -21,7 +21,8 @@ def test_skipped_real_test_fails_under_ci(tmp_path: Path) -> None:
             pytest.skip("fine")
     """))
     (tmp_path / "conftest.py").write_text("from ci_guard import *  # noqa: F403\n")
-    env = {**os.environ, "CI": "true", "PYTHONPATH": str(Path(__file__).parent)}
+    helpers = Path(__file__).resolve().parents[1] / "helpers"
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(helpers)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "-o", "markers=real", str(tmp_path)],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -37,7 +38,7 @@ def test_skipped_real_test_fails_under_ci(tmp_path: Path) -> None:
 
 def test_ci_run_sets_ci_itself(tmp_path: Path) -> None:
     """.ci/run is strict whoever starts it: it exports CI=true before the test command."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     (tmp_path / ".ci").mkdir()
     (tmp_path / "scripts").mkdir()
     (tmp_path / ".ci" / "run").write_text((repo / ".ci" / "run").read_text())

@@ -19,7 +19,7 @@ import pytest
 
 from holdmount.cli import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASH_FILE = REPO / "completions" / "holdmount.bash"
 ZSH_FILE = REPO / "completions" / "_holdmount"
 GENERATE = REPO / "completions" / "generate"

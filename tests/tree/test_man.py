@@ -24,7 +24,7 @@ from holdmount import __version__, config
 from holdmount.cli import build_parser
 from holdmount.errors import Failure
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MAN8 = REPO / "man" / "holdmount.8"
 MAN5 = REPO / "man" / "holdmount.toml.5"
 

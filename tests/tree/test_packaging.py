@@ -30,7 +30,7 @@ import pytest
 
 from holdmount import __version__
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "packaging"
 UNITS = ("holdmount.service", "holdmount@.service", "holdmount-report.service")
 UNTRACKED = ["--untracked"] if os.environ.get("HOLDMOUNT_PACKAGING_UNTRACKED") == "1" else []

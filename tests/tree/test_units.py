@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parent.parent / "units"
-VENV_HM = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "holdmount")
+UNITS = Path(__file__).resolve().parents[2] / "units"
+VENV_HM = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "holdmount")
 ALL = ["holdmount.service", "holdmount@.service", "holdmount-report.service"]
 
 # Options that give a service its own mount namespace (autofs is not namespace-aware).

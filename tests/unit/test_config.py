@@ -21,8 +21,8 @@ from holdmount.errors import Exit, Failure
 
 HM = [sys.executable, "-m", "holdmount"]
 
-OSTREE = Path(__file__).resolve().parent.parent / "packaging" / "examples" / "ostree.toml"
-GENERIC = Path(__file__).resolve().parent.parent / "packaging" / "examples" / "holdmount.toml"
+OSTREE = Path(__file__).resolve().parents[2] / "packaging" / "examples" / "ostree.toml"
+GENERIC = Path(__file__).resolve().parents[2] / "packaging" / "examples" / "holdmount.toml"
 
 
 def load(tmp: Path, *docs: str) -> config.Config:

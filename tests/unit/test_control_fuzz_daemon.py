@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_harness import DaemonProc, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_daemon_harness import DaemonProc, wait_for
 
 from holdmount import control
 

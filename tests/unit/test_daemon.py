@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_daemon_harness import HM, DaemonProc, wait_for
+from daemon_harness import HM, DaemonProc, wait_for
 
 
 def action(name: str, script: str, when: str = "always", timeout: str = "30s") -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_harness import DaemonProc, NotifyListener, wait_for
+from daemon_harness import DaemonProc, NotifyListener, wait_for
 
 from holdmount import config, hold, notify
 from holdmount.daemon import Daemon, HeldPath
@@ -44,9 +44,9 @@ def holds_toml(dirs: list[Path], extra: str = "") -> str:
 @pytest.fixture
 def systemd_like(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """DaemonProc with SystemdLikeListener as its notify socket."""
-    import test_daemon_harness
+    import daemon_harness
 
-    monkeypatch.setattr(test_daemon_harness, "NotifyListener", SystemdLikeListener)
+    monkeypatch.setattr(daemon_harness, "NotifyListener", SystemdLikeListener)
     yield
 
 

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon_harness import HM, DaemonProc, wait_for
+from daemon_harness import HM, DaemonProc, wait_for
 
 from holdmount import config, fdstore
 from holdmount.errors import Failure
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def env_for(sock: str) -> dict[str, str]:

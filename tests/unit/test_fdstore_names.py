@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon_harness import DaemonProc, wait_for
+from daemon_harness import DaemonProc, wait_for
 
 from holdmount import fdstore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def valid(name: str) -> bool:
