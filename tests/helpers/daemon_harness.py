@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import sandbox
+from conftest import holdmount_cmd
 
 from holdmount import control
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 
 
 class NotifyListener:

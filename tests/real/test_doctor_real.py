@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -356,7 +355,7 @@ def test_unreadable_path_as_unprivileged_user(shared_base: Path) -> None:
     secret.mkdir(mode=0o700)
     (secret / "x").mkdir()
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-                        sys.executable, "-m", "holdmount", "doctor", "--json",
+                        *holdmount_cmd(), "doctor", "--json",
                         str(secret / "x")], capture_output=True, text=True, timeout=60,
                        cwd="/")
     data = _parse(r)

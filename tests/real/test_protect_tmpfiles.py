@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import holdmount_cmd
 from sandbox import Cgroup
 
 pytestmark = pytest.mark.real
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 OLD = time.time() - 40 * 86400
 
 

@@ -15,10 +15,10 @@ import argparse
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import holdmount_cmd
 
 from holdmount import __version__, config
 from holdmount.cli import build_parser
@@ -180,7 +180,7 @@ def test_global_options_are_documented() -> None:
 
 
 def test_every_verb_in_help_is_named_in_the_synopsis_or_commands() -> None:
-    r = subprocess.run([sys.executable, "-m", "holdmount", "--help"], capture_output=True,
+    r = subprocess.run([*holdmount_cmd(), "--help"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     block = r.stdout.split("COMMAND\n", 1)[1].split("\n\n", 1)[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import holdmount_cmd
 
 from holdmount import control, doctor, systemd
 from holdmount.doctor import Finding, Options, Report, Section, Severity
@@ -360,7 +361,7 @@ def test_socket_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
 # --- the CLI on bad input ----------------------------------------------------------------------
 
 def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "holdmount", "doctor", *args],
+    return subprocess.run([*holdmount_cmd(), "doctor", *args],
                           capture_output=True, text=True, timeout=60, **kw)
 
 
