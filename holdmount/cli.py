@@ -318,9 +318,8 @@ def _add_status(sub: Any) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from holdmount.finalize import report
 
-    if args.stamp:
-        return report(args.stamp)
-    return report(_load_config(args).daemon.stamp)
+    stamp = args.stamp or _load_config(args).daemon.stamp
+    return report(stamp, as_json=args.json)
 
 
 def _add_report(sub: Any) -> None:
@@ -332,6 +331,8 @@ def _add_report(sub: Any) -> None:
     )
     p.add_argument("--stamp", metavar="FILE", help="the stamp file (default: from the config)")
     p.add_argument("--config", action="append", metavar="FILE", help="configuration file(s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the stamp as JSON (docs/json.md), with the same exit status")
     p.set_defaults(func=_cmd_report, no_config=False, hold=[])
 
 

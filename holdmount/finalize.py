@@ -368,9 +368,21 @@ def render_stamp(path: str, data: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def report(path: str) -> int:
+REPORT_FORMAT = 1  # `report --json`: docs/json.md; bump only for an incompatible change
+
+
+def report(path: str, *, as_json: bool = False) -> int:
     """`holdmount report`: print the stamp and fail when it exists."""
     data = read_stamp(path, strict=True)
+    if as_json:
+        failures = data.get("failures", []) if data else []
+        print(json.dumps({
+            "holdmount_report": REPORT_FORMAT, "stamp": path, "failed": data is not None,
+            "time": data.get("time") if data else None,
+            "boot_id": data.get("boot_id") if data else None,
+            "failures": [f for f in failures if isinstance(f, dict)],
+        }, indent=2, sort_keys=True))
+        return int(Exit.FAILURE if data is not None else Exit.OK)
     if data is None:
         log.info("no finalize failure recorded (%s does not exist)", path)
         return int(Exit.OK)
