@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import selectors
@@ -313,7 +314,7 @@ def write_stamp(path: str, failures: Sequence[Result]) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise os_failure("write", path, e) from e
+        raise _stamp_failure("write", path, e) from e
 
 
 def clear_stamp(path: str) -> bool:
@@ -322,8 +323,26 @@ def clear_stamp(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise os_failure("unlink", path, e) from e
+        raise _stamp_failure("unlink", path, e) from e
     return True
+
+
+# The stamp is a file the daemon writes as root: the generic hints (about held directories) do
+# not fit it.
+_STAMP_HINTS = {
+    errno.EACCES: "the daemon writes the stamp as root: run this as root",
+    errno.EPERM: "the daemon writes the stamp as root: run this as root",
+    errno.ENOTDIR: "a part of the stamp's path is a file, not a directory: --stamp / "
+    "daemon.stamp name the file itself",
+    errno.EISDIR: "--stamp / daemon.stamp name the stamp file itself, not its directory",
+    errno.EROFS: "the stamp's filesystem is read-only at that moment: put daemon.stamp on a "
+    "filesystem that is writable at shutdown (e.g. /var/lib/holdmount)",
+}
+
+
+def _stamp_failure(call: str, path: str, exc: OSError) -> Failure:
+    code = Exit.DATAERR if exc.errno in (errno.ENOTDIR, errno.EISDIR) else None
+    return os_failure(call, path, exc, hint=_STAMP_HINTS.get(exc.errno or 0), code=code)
 
 
 def read_stamp(path: str, *, strict: bool = False) -> dict[str, Any] | None:
@@ -336,7 +355,7 @@ def read_stamp(path: str, *, strict: bool = False) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise os_failure("open", path, e) from e
+        raise _stamp_failure("open", path, e) from e
     try:
         data = json.loads(text)
         why = "" if isinstance(data, dict) and isinstance(data.get("holdmount_stamp"), int) \

@@ -155,3 +155,24 @@ def test_debug_anywhere_and_the_failure_comes_first(argv: list[str], code: int) 
 def test_debug_after_the_command_belongs_to_the_command(tmp_path: Path) -> None:
     r = hm("run", "--hold", str(tmp_path), "--", "echo", "--debug")
     assert r.returncode == 0 and r.stdout == "--debug\n" and r.stderr == "", r.stderr
+
+
+# --- the audit: hints that named the wrong cause -------------------------------------------------
+
+def test_exec_of_a_non_program_is_not_a_path_problem(tmp_path: Path) -> None:
+    first, hint = two_lines(hm("run", "--", str(tmp_path)), 126)
+    assert first.endswith("Permission denied") and "PATH" not in hint and "directory" in hint
+    script = tmp_path / "script"
+    script.write_text("echo no shebang\n")
+    script.chmod(0o755)
+    first, hint = two_lines(hm("run", "--", str(script)), 126)
+    assert first.endswith("Exec format error") and "#!" in hint
+
+
+@pytest.mark.parametrize(("stamp", "why"), [("", "not its directory"),
+                                            ("file/x", "part of the stamp's path is a file")])
+def test_stamp_path_mistakes_speak_of_the_stamp(tmp_path: Path, stamp: str, why: str) -> None:
+    (tmp_path / "file").write_text("")
+    first, hint = two_lines(hm("report", "--stamp", str(tmp_path / stamp)), 65)
+    assert first.startswith(f"holdmount: open({tmp_path / stamp}".rstrip("/"))
+    assert why in hint and "holdmount holds directories" not in hint
