@@ -417,6 +417,9 @@ def test_packaged_install_in_systemd(debs: dict[str, Path]) -> None:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert c.exec(["/usr/bin/holdmount", "--version"]).stdout.strip() == \
             f"holdmount {__version__}"
+        # systemd's dpkg trigger rebuilt the catalog: journalctl -x knows holdmount's ids
+        catalog = c.exec(["journalctl", "--list-catalog"]).stdout
+        assert "holdmount finalize failed: recorded in" in catalog, catalog[-2000:]
         # installed disabled (the daemon needs a configuration first)
         assert c.systemctl("is-enabled", "holdmount.service").stdout.strip() == "disabled"
         r = c.exec(["systemd-analyze", "verify", "holdmount.service",
