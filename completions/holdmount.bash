@@ -8,16 +8,16 @@ _holdmount() {
     # options of each command; option arguments by kind; verbs; positional kinds ("+": repeats)
     local -A opts=(
         ['holdmount']="-h --help --version --debug"
-        ['holdmount run']="-h --help --hold --protect --require-writable --require-exec --trigger-timeout --delegate"
-        ['holdmount merge']="-h --help --dry-run --json"
-        ['holdmount overlay']="-h --help"
-        ['holdmount overlay changes']="-h --help --json"
-        ['holdmount doctor']="-h --help --json --check-writable --trigger-timeout --tmpfiles-root --systemd-address"
-        ['holdmount daemon']="-h --help --config --no-config --hold --allow-foreign-namespace --check"
-        ['holdmount status']="-h --help --json --socket"
-        ['holdmount report']="-h --help --stamp --config"
-        ['holdmount hold']="-h --help --until-pid --protect --socket"
-        ['holdmount release']="-h --help --socket"
+        ['holdmount run']="-h --help --hold --protect --require-writable --require-exec --trigger-timeout --delegate --debug"
+        ['holdmount merge']="-h --help --dry-run --json --debug"
+        ['holdmount overlay']="-h --help --debug"
+        ['holdmount overlay changes']="-h --help --json --debug"
+        ['holdmount doctor']="-h --help --json --check-writable --trigger-timeout --tmpfiles-root --systemd-address --debug"
+        ['holdmount daemon']="-h --help --config --no-config --hold --allow-foreign-namespace --check --debug"
+        ['holdmount status']="-h --help --json --socket --debug"
+        ['holdmount report']="-h --help --stamp --config --json --debug"
+        ['holdmount hold']="-h --help --until-pid --protect --socket --debug"
+        ['holdmount release']="-h --help --socket --debug"
     )
     local -A args=(
         ['holdmount run --hold']=dir

@@ -15,11 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except Failure as e:
-        if args.debug:
-            logmod.log.exception("failure")
         print(f"holdmount: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
+        if args.debug:  # after the message: the first line stays what failed
+            logmod.log.exception("where it failed (--debug):")
         return int(e.code)
     except KeyboardInterrupt:
         return 130

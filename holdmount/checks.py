@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 
 from holdmount import syscalls
 from holdmount.errors import Exit, Failure, os_failure
@@ -24,12 +23,15 @@ _WRITE_HINTS = {
     errno.EPERM: "this user may not create files there (immutable attribute, LSM policy?)",
     errno.ENOSPC: "the filesystem is full (blocks or inodes): free space or enlarge it",
     errno.EDQUOT: "this user is over quota on that filesystem",
+    # creating a new name in a directory that exists: the filesystem makes no files (proc, sysfs)
+    errno.ENOENT: "this filesystem does not let anyone create files (proc, sysfs and the like): "
+    "hold a directory on a writable filesystem, or drop --require-writable",
 }
 
 
 def require_writable(hold: Hold) -> None:
     """Create, write one page and unlink a probe file through the held fd."""
-    name = f"{PROBE_PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
+    name = f"{PROBE_PREFIX}{os.getpid()}.{os.urandom(4).hex()}"  # not secrets: it loads OpenSSL
     shown = os.path.join(hold.info.path, name)
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,

@@ -33,6 +33,14 @@ def _span(value: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _positive_span(value: str) -> float:
+    """A trigger timeout: 0 would give up before any open() could answer."""
+    seconds = _span(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be more than 0 (e.g. 5s)")
+    return seconds
+
+
 # --- run --------------------------------------------------------------------------------------
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -66,7 +74,7 @@ def _add_run(sub: Any) -> None:
                    help="check each held directory by creating a file in it (never access())")
     p.add_argument("--require-exec", action="store_true",
                    help="fail when a held directory is on a noexec mount")
-    p.add_argument("--trigger-timeout", type=_span, default=30.0, metavar="SPAN",
+    p.add_argument("--trigger-timeout", type=_positive_span, default=30.0, metavar="SPAN",
                    help="how long a trigger may take (default 30s)")
     p.add_argument("--delegate", choices=("auto", "always", "never"), default="auto",
                    help="let the holdmount daemon hold in the host mount namespace: auto (when "
@@ -111,9 +119,18 @@ def _add_hold(sub: Any) -> None:
 
 def _cmd_release(args: argparse.Namespace) -> int:
     from holdmount.delegate import Delegation
+    from holdmount.errors import Failure
 
     with Delegation(args.socket) as d:
-        reply = d.release(args.paths)
+        try:
+            reply = d.release(args.paths)
+        except Failure as e:
+            if e.code != Exit.NOINPUT or e.hint:
+                raise
+            raise Failure(e.message.removeprefix("release: "), code=e.code,
+                          hint="nothing of yours to release there: it was released already, "
+                          "or the process it was held for has exited; `holdmount status` lists "
+                          "the delegated holds and their holders") from None
     for path in reply.get("released", []):
         print(f"released {path}")
     return 0
@@ -216,7 +233,7 @@ def _add_doctor(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--check-writable", action="store_true",
                    help="trigger the automount (bounded) and create a file for real")
-    p.add_argument("--trigger-timeout", type=_span, default=10.0, metavar="SPAN",
+    p.add_argument("--trigger-timeout", type=_positive_span, default=10.0, metavar="SPAN",
                    help="how long --check-writable's trigger may take (default 10s)")
     p.add_argument("--tmpfiles-root", metavar="DIR",
                    help="read tmpfiles.d below DIR (systemd-tmpfiles --root=DIR)")
@@ -229,9 +246,15 @@ def _add_doctor(sub: Any) -> None:
 
 def _load_config(args: argparse.Namespace) -> Any:
     from holdmount import config
+    from holdmount.errors import Failure
 
     files = [] if args.no_config else (args.config or config.default_files())
-    return config.load(files, extra_holds=args.hold)
+    try:
+        return config.load(files, extra_holds=args.hold)
+    except Failure as e:
+        if getattr(args, "check", False) and e.hint == config.CHECK_HINT:
+            e.hint = "fix the key named above (holdmount.toml(5) lists every key), then check again"
+        raise
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
@@ -295,9 +318,8 @@ def _add_status(sub: Any) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from holdmount.finalize import report
 
-    if args.stamp:
-        return report(args.stamp)
-    return report(_load_config(args).daemon.stamp)
+    stamp = args.stamp or _load_config(args).daemon.stamp
+    return report(stamp, as_json=args.json)
 
 
 def _add_report(sub: Any) -> None:
@@ -309,6 +331,8 @@ def _add_report(sub: Any) -> None:
     )
     p.add_argument("--stamp", metavar="FILE", help="the stamp file (default: from the config)")
     p.add_argument("--config", action="append", metavar="FILE", help="configuration file(s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the stamp as JSON (docs/json.md), with the same exit status")
     p.set_defaults(func=_cmd_report, no_config=False, hold=[])
 
 
@@ -334,7 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_hold(sub)
     _add_release(sub)
+    _debug_everywhere(parser)
     return parser
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """--debug after the verb too (SUPPRESS: where it is absent the global value stays)."""
+    for verb_parser in _subparsers(parser).values():
+        verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="log debug messages and show tracebacks")
+        _debug_everywhere(verb_parser)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -11,7 +11,7 @@ missing main file is an empty one. Later files win, like systemd drop-ins:
   one drops the other. `enabled = false` removes an entry. Within one file an identity may
   appear only once.
 
-Every error names the file and the key (`config(/etc/holdmount/holdmount.toml): action[2].timeout:
+Every error names the file and the key (`config(/etc/holdmount/holdmount.toml): action[x].timeout:
 invalid time span 'soon'`) and exits 78 (EX_CONFIG), so systemd does not restart in a loop.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import importlib.util
 import math
 import os
@@ -112,10 +113,13 @@ class Config:
 
 # --- errors -------------------------------------------------------------------------------------
 
+CHECK_HINT = "fix the file; `holdmount daemon --check` validates it"  # cli rewords it for --check
+
+
 def _fail(file: str, key: str, message: str, hint: str | None = None) -> Failure:
     where = f"{key}: " if key else ""
     return Failure(f"config({file}): {where}{message}",
-                   hint=hint or "fix the file; `holdmount daemon --check` validates it",
+                   hint=hint or CHECK_HINT,
                    code=Exit.CONFIG)
 
 
@@ -233,13 +237,21 @@ class _Partial:
     origin: str
 
 
+_READ_HINTS = {
+    errno.ENOENT: "check the path given to --config (without --config the daemon reads "
+    "/etc/holdmount/holdmount.toml and /etc/holdmount/conf.d/*.toml)",
+    errno.EISDIR: "--config names a file; files in /etc/holdmount/conf.d/ are read without it",
+}
+
+
 def _read_file(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise Failure(f"config({path}): {os.strerror(e.errno or 0) if e.errno else e}",
-                      hint="check the file's permissions (the daemon reads it as root)",
+                      hint=_READ_HINTS.get(e.errno or 0, "check the file's permissions (the "
+                                           "daemon reads it as root)"),
                       code=Exit.CONFIG) from None
     try:
         text = data.decode("utf-8")
@@ -290,7 +302,7 @@ class _Merger:
             self._control(_Reader(file, "control", top.table_("control"), _CONTROL))
         seen: set[str] = set()
         for index, entry in enumerate(_array_of_tables(file, doc, "hold"), 1):
-            r = _Reader(file, f"hold[{index}]", entry, _HOLD)
+            r = _Reader(file, _entry_key("hold", index, entry.get("path")), entry, _HOLD)
             if not r.has("path"):
                 raise _fail(file, r.key("path"), "missing (every [[hold]] names a path)")
             path = r.path("path")
@@ -307,7 +319,7 @@ class _Merger:
             _update(self.holds, path, values, file)
         names: set[str] = set()
         for index, entry in enumerate(_array_of_tables(file, doc, "action"), 1):
-            r = _Reader(file, f"action[{index}]", entry, _ACTION)
+            r = _Reader(file, _entry_key("action", index, entry.get("name")), entry, _ACTION)
             if not r.has("name"):
                 raise _fail(file, r.key("name"), "missing (every [[action]] has a name)")
             name = r.string("name")
@@ -393,6 +405,12 @@ class _Merger:
         return Config(daemon=DaemonConfig(**self.daemon), control=ControlConfig(**self.control),
                       marker=marker, holds=tuple(holds), actions=tuple(actions),
                       files=tuple(files))
+
+
+def _entry_key(table: str, index: int, identity: object) -> str:
+    """hold[/boot], action[finalize]: an entry is named by its identity, as after merging; by
+    its position in the file (from 1) only when it has no string identity."""
+    return f"{table}[{identity if isinstance(identity, str) and identity else index}]"
 
 
 def _update(entries: dict[str, _Partial], ident: str, values: dict[str, Any], file: str) -> None:

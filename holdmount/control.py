@@ -233,7 +233,8 @@ class Server:
                 log.warning("accept(%s): %s", self.path, os.strerror(e.errno or 0))
                 return
             if len(self.connections) >= MAX_CONNECTIONS:
-                log.warning("control: too many connections, refusing one")
+                log.event("client-refused", "control: too many connections, refusing one",
+                          status="too many connections")
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -291,6 +292,10 @@ class Server:
         try:
             reply = dict(handler(Request(op, body, tuple(fds), conn.peer, conn)))
         except RequestError as e:
+            if e.code == Exit.NOPERM:
+                log.event("client-refused", "control: refused %s from pid %d (uid %d): %s", op,
+                          conn.peer.pid, conn.peer.uid, e, op=op, pid=conn.peer.pid,
+                          uid=conn.peer.uid, status=str(e))
             out = _error(str(e))
             if e.code is not None:
                 out["code"] = int(e.code)

@@ -290,7 +290,8 @@ class Daemon:
             assert isinstance(failure, Failure)
             h.error = failure.message
             if not (fatal and i == 0):  # the raised one is reported by whoever catches it
-                log.error("hold %s: %s", h.config.path, failure.message)
+                log.event("hold-failed", "hold %s: %s", h.config.path, failure.message,
+                          path=h.config.path, status=failure.message)
         if fatal and failed:
             hold.release_all([r for r in results.values() if isinstance(r, hold.Hold)])
             first = results[id(failed[0])]
@@ -305,9 +306,10 @@ class Daemon:
         h.hold, h.error, h.state, h.lost_mount, h.adopted = taken, None, HoldState.HELD, \
             None, False
         info = taken.info
-        log.info("holding %s: %s from %s on %s%s%s", info.path, info.fstype, info.source,
-                 info.mount_point, " (automount)" if info.automount else "",
-                 ", locked against tmpfiles cleanup" if info.protected else "")
+        log.event("hold-taken", "holding %s: %s from %s on %s%s%s", info.path, info.fstype,
+                  info.source, info.mount_point, " (automount)" if info.automount else "",
+                  ", locked against tmpfiles cleanup" if info.protected else "",
+                  path=info.path, fstype=info.fstype, mount_point=info.mount_point)
         if self.config.daemon.fdstore:
             self.notifier.fdstore(taken.fd, h.fdname)
 
@@ -318,7 +320,7 @@ class Daemon:
         the manager is slow to read at shutdown could block up to SEND_TIMEOUT per hold."""
         if h.hold is not None:
             h.hold.release()
-            log.info("released %s", h.config.path)
+            log.event("hold-released", "released %s", h.config.path, path=h.config.path)
             if self.config.daemon.fdstore and not stopping:
                 self.notifier.fdstore_remove(h.fdname)
         h.hold = None
@@ -603,9 +605,9 @@ class Daemon:
                 log.warning("hold %s: covered: something was mounted over %s (still held "
                             "underneath)", item.path, info.mount_point)
             else:
-                log.warning("hold %s: lost: %s on %s was unmounted (umount -l?); taking it "
-                            "again when it can be mounted", item.path, info.fstype,
-                            info.mount_point)
+                log.event("hold-lost", "hold %s: lost: %s on %s was unmounted (umount -l?); "
+                          "taking it again when it can be mounted", item.path, info.fstype,
+                          info.mount_point, path=item.path, mount_point=info.mount_point)
             item.state = st
             if st is HoldState.LOST:
                 item.lost_mount = info.mount_point
@@ -631,18 +633,19 @@ class Daemon:
             if item.hold is None:
                 item.state = HoldState.LOST
             else:
-                log.info("hold %s: taken again", item.path)
+                log.event("hold-retaken", "hold %s: taken again", item.path, path=item.path)
         else:
             try:
                 taken = hold.take([item.path], timeout=self.config.daemon.trigger_timeout,
                                   protect=item.protect)[0]
             except Failure as e:
                 item.error = f"lost, and taking it again failed: {e.message}"
-                log.error("hold %s: %s", item.path, item.error)
+                log.event("hold-failed", "hold %s: %s", item.path, item.error, path=item.path,
+                          status=item.error)
                 return
             item.hold, item.error, item.state, item.lost_mount = taken, None, HoldState.HELD, \
                 None
-            log.info("hold %s: taken again", item.path)
+            log.event("hold-retaken", "hold %s: taken again", item.path, path=item.path)
         self.notifier.status(self.summary())
 
     # --- events ---------------------------------------------------------------------------
@@ -666,7 +669,8 @@ class Daemon:
         if self.marker.armed:
             self._arm()
         else:
-            log.info("marker %s removed: disarmed", self.marker.path)
+            log.event("marker-disarmed", "marker %s removed: disarmed", self.marker.path,
+                      marker=self.marker.path)
             for h in self.holds:
                 if h.config.when is When.STAGED:
                     self._release(h)
@@ -674,7 +678,8 @@ class Daemon:
 
     def _arm(self) -> None:
         assert self.marker is not None
-        log.info("marker %s present: armed", self.marker.path)
+        log.event("marker-armed", "marker %s present: armed", self.marker.path,
+                  marker=self.marker.path)
         self._take_all([h for h in self.holds if h.config.when is When.STAGED and h.hold is None],
                        fatal=False)
         self.notifier.status(self.summary())
@@ -726,10 +731,12 @@ class Daemon:
         try:
             if failures:
                 write_stamp(stamp, failures)
-                log.error("%d of %d actions failed; recorded in %s", len(failures),
-                          len(results), stamp)
+                log.event("stamp-written", "%d of %d actions failed; recorded in %s",
+                          len(failures), len(results), stamp, stamp=stamp,
+                          failed=" ".join(r.name for r in failures))
             elif results and clear_stamp(stamp):
-                log.info("every action succeeded: removed the failure stamp %s", stamp)
+                log.event("stamp-cleared", "every action succeeded: removed the failure stamp %s",
+                          stamp, stamp=stamp)
         except Failure as e:
             log.error("%s", e.message)
         for h in self.holds:

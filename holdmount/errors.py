@@ -69,6 +69,8 @@ _ERRNO_HINTS: dict[int, str] = {
     errno.ENOENT: "check the path; a dangling symlink or an automount whose map has no entry "
     "also gives this",
     errno.ENOTDIR: "holdmount holds directories: name the mount point or a directory inside it",
+    errno.ELOOP: "a symlink on the way loops back on itself (or the chain is over 40 links): "
+    "`namei -l PATH` shows each step",
     errno.EACCES: "run as a user who may open the directory, or ask root / the holdmount daemon",
     errno.EPERM: "run as a user who may open the directory, or ask root / the holdmount daemon",
     errno.EHOSTDOWN: "the automount is catatonic (its daemon died): restart autofs or the "

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import selectors
@@ -27,12 +28,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from holdmount.config import ActionConfig
-from holdmount.errors import Exit, os_failure
+from holdmount.errors import Exit, Failure, os_failure
 from holdmount.log import log
 from holdmount.notify import Notifier, child_environ
+
+if TYPE_CHECKING:
+    from holdmount.log import EventName
 
 KILL_GRACE = 5.0  # after SIGTERM to the group, before SIGKILL
 ABANDON_GRACE = 5.0  # after SIGKILL, before giving up on a process stuck in the kernel
@@ -121,8 +125,10 @@ class Finalizer:
             self.notifier.extend_timeout(budget)
             index = self.total - len(self.queue)
             self.notifier.status(f"finalizing: action {action.name} ({index}/{self.total})")
-            log.info("action %s: starting (%d/%d, timeout %gs): %s", action.name, index,
-                     self.total, action.timeout, " ".join(action_argv(action)))
+            command = " ".join(action_argv(action))
+            log.event("action-started", "action %s: starting (%d/%d, timeout %gs): %s",
+                      action.name, index, self.total, action.timeout, command,
+                      action=action.name, command=command, timeout=f"{action.timeout:g}")
             try:
                 self._spawn(action)
                 return
@@ -131,7 +137,7 @@ class Finalizer:
                 result = Result(action.name, False,
                                 f"exec({action_argv(action)[0]}): {os.strerror(e.errno or 0)}",
                                 exit_code=None, started=now, ended=now)
-                log.error("action %s: %s", action.name, result.status)
+                _log_result(result)
                 self.results.append(result)
         self.on_done(self.results)
 
@@ -220,7 +226,7 @@ class Finalizer:
         if run.proc.stdout is not None:
             run.proc.stdout.close()
         self.current = None
-        (log.info if result.ok else log.error)("action %s: %s", result.name, result.status)
+        _log_result(result)
         self.results.append(result)
         self._next()
 
@@ -253,6 +259,15 @@ class Finalizer:
     def _killpg(run: _Running, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, sig)
+
+
+def _log_result(result: Result) -> None:
+    """action-finished, -failed or -timed-out, with the status and the exit code or signal."""
+    name: EventName = "action-finished" if result.ok else \
+        "action-timed-out" if result.timed_out else "action-failed"
+    log.event(name, "action %s: %s", result.name, result.status, action=result.name,
+              status=result.status, exit_code=result.exit_code,
+              signal=None if result.signal is None else _signame(result.signal))
 
 
 def _signame(sig: int) -> str:
@@ -299,7 +314,7 @@ def write_stamp(path: str, failures: Sequence[Result]) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise os_failure("write", path, e) from e
+        raise _stamp_failure("write", path, e) from e
 
 
 def clear_stamp(path: str) -> bool:
@@ -308,28 +323,54 @@ def clear_stamp(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise os_failure("unlink", path, e) from e
+        raise _stamp_failure("unlink", path, e) from e
     return True
 
 
-def read_stamp(path: str) -> dict[str, Any] | None:
-    """The stamp's content, None when there is none. A damaged stamp is still a failure."""
+# The stamp is a file the daemon writes as root: the generic hints (about held directories) do
+# not fit it.
+_STAMP_HINTS = {
+    errno.EACCES: "the daemon writes the stamp as root: run this as root",
+    errno.EPERM: "the daemon writes the stamp as root: run this as root",
+    errno.ENOTDIR: "a part of the stamp's path is a file, not a directory: --stamp / "
+    "daemon.stamp name the file itself",
+    errno.EISDIR: "--stamp / daemon.stamp name the stamp file itself, not its directory",
+    errno.EROFS: "the stamp's filesystem is read-only at that moment: put daemon.stamp on a "
+    "filesystem that is writable at shutdown (e.g. /var/lib/holdmount)",
+}
+
+
+def _stamp_failure(call: str, path: str, exc: OSError) -> Failure:
+    code = Exit.DATAERR if exc.errno in (errno.ENOTDIR, errno.EISDIR) else None
+    return os_failure(call, path, exc, hint=_STAMP_HINTS.get(exc.errno or 0), code=code)
+
+
+def read_stamp(path: str, *, strict: bool = False) -> dict[str, Any] | None:
+    """The stamp's content, None when there is none. A file that is not a stamp raises a
+    Failure (65) when `strict` (`holdmount report`); otherwise (the daemon's status) it still
+    counts as a failure, "unreadable stamp", without repeating the file's content."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise os_failure("open", path, e) from e
+        raise _stamp_failure("open", path, e) from e
     try:
         data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("failures"), list):
-            raise ValueError("not a holdmount stamp")
-        return data
+        why = "" if isinstance(data, dict) and isinstance(data.get("holdmount_stamp"), int) \
+            and isinstance(data.get("failures"), list) else "JSON, but not a holdmount stamp"
     except ValueError:
-        return {"holdmount_stamp": 0, "time": "", "failures": [
-            {"name": "?", "status": "unreadable stamp", "output": text.splitlines()[-KEEP_LINES:]}
-        ]}
+        why = "not JSON"
+    if not why:
+        return dict(data)
+    if strict:
+        raise Failure(f"read({path}): not a holdmount failure stamp ({why})",
+                      hint="--stamp names the file the daemon writes when an action fails "
+                      "(daemon.stamp in holdmount.toml); a damaged stamp can be removed",
+                      code=Exit.DATAERR)
+    return {"holdmount_stamp": 0, "time": "", "failures": [
+        {"name": "?", "status": f"unreadable stamp ({why})", "output": []}]}
 
 
 def render_stamp(path: str, data: Mapping[str, Any]) -> list[str]:
@@ -346,9 +387,21 @@ def render_stamp(path: str, data: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def report(path: str) -> int:
+REPORT_FORMAT = 1  # `report --json`: docs/json.md; bump only for an incompatible change
+
+
+def report(path: str, *, as_json: bool = False) -> int:
     """`holdmount report`: print the stamp and fail when it exists."""
-    data = read_stamp(path)
+    data = read_stamp(path, strict=True)
+    if as_json:
+        failures = data.get("failures", []) if data else []
+        print(json.dumps({
+            "holdmount_report": REPORT_FORMAT, "stamp": path, "failed": data is not None,
+            "time": data.get("time") if data else None,
+            "boot_id": data.get("boot_id") if data else None,
+            "failures": [f for f in failures if isinstance(f, dict)],
+        }, indent=2, sort_keys=True))
+        return int(Exit.FAILURE if data is not None else Exit.OK)
     if data is None:
         log.info("no finalize failure recorded (%s does not exist)", path)
         return int(Exit.OK)

@@ -191,6 +191,11 @@ def verify(path: str, fd: int, table: MountTable | None = None) -> HoldInfo:
 
 def _explain(path: str, exc: OSError, timeout: float,
              table: MountTable | None = None) -> Failure:
+    if (isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT) and \
+            _autofs_trigger_for(path, table) is None:  # no automount: nothing to blame on autofs
+        return Failure(f"open({path}): no answer within {timeout:g}s",
+                       hint="the filesystem there (network, FUSE, a hung device) is not "
+                       "responding; check it, or raise --trigger-timeout", code=Exit.TEMPFAIL)
     if isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT:
         return Failure(
             f"open({path}): the automount did not answer within {timeout:g}s",

@@ -99,6 +99,14 @@ def warn_unprotectable(holds: list[hold.Hold]) -> None:
                         "subdirectory", h.info.path, rule.file, rule.line, rule.text)
 
 
+_EXEC_HINTS = {
+    errno.EACCES: "found, but not a program this user may run: a directory, a file without "
+    "the execute bit, or on a noexec mount",
+    errno.ENOEXEC: "not a program the kernel can start: a script needs a #! line, or run it "
+    "through its interpreter",
+}
+
+
 def spawn(command: Sequence[str]) -> int:
     try:
         return os.posix_spawnp(command[0], list(command), os.environ,
@@ -106,7 +114,7 @@ def spawn(command: Sequence[str]) -> int:
     except OSError as e:
         missing = e.errno in (errno.ENOENT, errno.ENOTDIR)
         raise Failure(f"execvp({command[0]}): {os.strerror(e.errno or 0)}",
-                      hint="check the command name and PATH",
+                      hint=_EXEC_HINTS.get(e.errno or 0, "check the command name and PATH"),
                       code=Exit.NOT_FOUND if missing else Exit.CANNOT_EXEC) from e
 
 

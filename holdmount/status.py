@@ -10,6 +10,8 @@ from typing import Any
 from holdmount import control
 from holdmount.paths import control_socket
 
+STATUS_FORMAT = 1
+
 
 def socket_path(explicit: str | None = None) -> str:
     return control_socket(explicit)
@@ -18,8 +20,9 @@ def socket_path(explicit: str | None = None) -> str:
 def main(*, as_json: bool = False, socket: str | None = None) -> int:
     reply = control.request(socket_path(socket), "status")
     status = reply.get("status", {})
-    if as_json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+    if as_json:  # a stable interface: docs/json.md; bump the number only for incompatible changes
+        print(json.dumps({"holdmount_status": STATUS_FORMAT, **status}, indent=2,
+                         sort_keys=True))
     else:
         for line in render(status):
             print(line)

@@ -218,7 +218,7 @@ def test_holdmount_service_in_systemd(container_factory: Factory) -> None:
     assert unit_prop(c, "holdmount.service", "NRestarts") == "0"
     assert unit_prop(c, "holdmount.service", "ActiveState") == "failed"
     bad = c.journal("-b", "0", "-u", "holdmount.service")
-    assert "config(/etc/holdmount/conf.d/90-bad.toml): hold[1].path: must be an absolute " \
+    assert "config(/etc/holdmount/conf.d/90-bad.toml): hold[relative].path: must be an absolute " \
         "path" in bad, bad
     c.path("/etc/holdmount/conf.d/90-bad.toml").unlink()
     c.systemctl("reset-failed", "holdmount.service")

@@ -117,7 +117,7 @@ def commands(parser: argparse.ArgumentParser,
 
 def parser_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {s: a for a in parser._actions for s in a.option_strings
-            if s not in ("-h", "--help")}
+            if s not in ("-h", "--help", "--debug")}  # --debug: global, documented once
 
 
 def span_text(seconds: float) -> str:

@@ -82,6 +82,7 @@ def deb_field(deb: Path, field: str) -> str:
 def test_deb_installs_the_files(deb_root: Path) -> None:
     expect = ["usr/bin/holdmount",
               *(f"usr/lib/systemd/system/{u}" for u in UNITS),
+              "usr/lib/systemd/catalog/holdmount.catalog",
               "usr/share/man/man8/holdmount.8.gz", "usr/share/man/man5/holdmount.toml.5.gz",
               "usr/share/bash-completion/completions/holdmount",
               "usr/share/zsh/vendor-completions/_holdmount",
@@ -171,7 +172,7 @@ def test_units_verify(deb_root: Path, tmp_path: Path) -> None:
 def rpm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need("rpmbuild", "rpm", "git")
     out = tmp_path_factory.mktemp("rpm")
-    run([str(PKG / "build-rpm"), "-o", str(out), *UNTRACKED, "--", "--nodeps"])
+    run([str(PKG / "build-rpm"), "-o", str(out), *UNTRACKED])  # as the README says: no --nodeps
     (found,) = out.glob("holdmount-*.noarch.rpm")
     return found
 
@@ -179,6 +180,7 @@ def rpm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rpm_contents(rpm_file: Path) -> None:
     files = run(["rpm", "-qlp", str(rpm_file)]).stdout.split()
     for path in ["/usr/bin/holdmount", *(f"/usr/lib/systemd/system/{u}" for u in UNITS),
+                 "/usr/lib/systemd/catalog/holdmount.catalog",
                  "/usr/share/man/man8/holdmount.8", "/usr/share/man/man5/holdmount.toml.5",
                  "/usr/share/bash-completion/completions/holdmount",
                  "/usr/share/zsh/site-functions/_holdmount",
@@ -273,6 +275,7 @@ def test_arch_package_contents(arch_pkg: Path) -> None:
     with tarfile.open(arch_pkg) as tar:
         names = set(tar.getnames())
     for path in ["usr/bin/holdmount", *(f"usr/lib/systemd/system/{u}" for u in UNITS),
+                 "usr/lib/systemd/catalog/holdmount.catalog",
                  "usr/share/man/man8/holdmount.8.gz", "usr/share/man/man5/holdmount.toml.5.gz",
                  "usr/share/bash-completion/completions/holdmount",
                  "usr/share/zsh/site-functions/_holdmount",
@@ -336,6 +339,7 @@ def test_ebuild_installs_existing_files() -> None:
     assert {f"unit {u}" for u in UNITS} <= done
     assert {"man holdmount.8", "man holdmount.toml.5", "bashcomp holdmount",
             "ins /usr/share/zsh/site-functions/_holdmount", "python_install_all",
+            "ins /usr/lib/systemd/catalog/holdmount.catalog",
             "doc examples/ostree.toml"} <= done
 
 
@@ -413,6 +417,9 @@ def test_packaged_install_in_systemd(debs: dict[str, Path]) -> None:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert c.exec(["/usr/bin/holdmount", "--version"]).stdout.strip() == \
             f"holdmount {__version__}"
+        # systemd's dpkg trigger rebuilt the catalog: journalctl -x knows holdmount's ids
+        catalog = c.exec(["journalctl", "--list-catalog"]).stdout
+        assert "holdmount finalize failed: recorded in" in catalog, catalog[-2000:]
         # installed disabled (the daemon needs a configuration first)
         assert c.systemctl("is-enabled", "holdmount.service").stdout.strip() == "disabled"
         r = c.exec(["systemd-analyze", "verify", "holdmount.service",

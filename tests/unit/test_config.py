@@ -151,39 +151,39 @@ def test_examples_are_valid() -> None:
 
 ERRORS: list[tuple[str, str, str]] = [
     # (document, key in the message, text in the message)
-    ('[[hold]]\npath = "/boot"\nprotext = true\n', "hold[1].protext", "unknown key"),
+    ('[[hold]]\npath = "/boot"\nprotext = true\n', "hold[/boot].protext", "unknown key"),
     ('[daemon]\nstamps = "/x"\n', "daemon.stamps", "unknown key"),
     ('[extra]\n', "extra", "unknown key"),
-    ('[[hold]]\npath = "/boot"\nprotect = "yes"\n', "hold[1].protect",
+    ('[[hold]]\npath = "/boot"\nprotect = "yes"\n', "hold[/boot].protect",
      "must be true or false, not a string 'yes'"),
     ('[[hold]]\npath = 5\n', "hold[1].path", "must be a string, not an integer 5"),
     ('hold = 3\n', "hold", "must be an array of tables"),
-    ('[[action]]\nname = "a"\nexec = "/bin/true"\n', "action[1].exec", "must be a list"),
-    ('[[action]]\nname = "a"\nexec = []\n', "action[1].exec", "non-empty list of strings"),
-    ('[[action]]\nname = "a"\nexec = ["true"]\n', "action[1].exec", "absolute path"),
-    ('[[hold]]\npath = "boot"\n', "hold[1].path", "must be an absolute path, not 'boot'"),
+    ('[[action]]\nname = "a"\nexec = "/bin/true"\n', "action[a].exec", "must be a list"),
+    ('[[action]]\nname = "a"\nexec = []\n', "action[a].exec", "non-empty list of strings"),
+    ('[[action]]\nname = "a"\nexec = ["true"]\n', "action[a].exec", "absolute path"),
+    ('[[hold]]\npath = "boot"\n', "hold[boot].path", "must be an absolute path, not 'boot'"),
     ('[marker]\npath = "run/m"\n', "marker.path", "must be an absolute path"),
     ('[daemon]\nstamp = "stamp"\n', "daemon.stamp", "must be an absolute path"),
     ('[[action]]\nname = "a"\nexec = ["/bin/true"]\nwhen = "always"\n'
      '[[action]]\nname = "a"\nexec = ["/bin/false"]\nwhen = "always"\n',
-     "action[2].name", "duplicate action name 'a'"),
-    ('[[hold]]\npath = "/boot"\n[[hold]]\npath = "/boot/"\n', "hold[2].path",
+     "action[a].name", "duplicate action name 'a'"),
+    ('[[hold]]\npath = "/boot"\n[[hold]]\npath = "/boot/"\n', "hold[/boot/].path",
      "duplicate hold '/boot'"),
     ('[[action]]\nname = "a"\nexec = ["/bin/true"]\ntimeout = "5 fortnights"\n',
-     "action[1].timeout", "invalid time span '5 fortnights'"),
+     "action[a].timeout", "invalid time span '5 fortnights'"),
     ('[[action]]\nname = "a"\nexec = ["/bin/true"]\ntimeout = "infinity"\n',
-     "action[1].timeout", "finite time span"),
-    ('[[action]]\nname = "a"\nexec = ["/bin/true"]\ntimeout = 0\n', "action[1].timeout",
+     "action[a].timeout", "finite time span"),
+    ('[[action]]\nname = "a"\nexec = ["/bin/true"]\ntimeout = 0\n', "action[a].timeout",
      "finite time span > 0"),
     ('[daemon]\ntrigger_timeout = true\n', "daemon.trigger_timeout", "must be a time span"),
-    ('[[action]]\nname = "a"\nexec = ["/bin/true"]\nwhen = "sometimes"\n', "action[1].when",
+    ('[[action]]\nname = "a"\nexec = ["/bin/true"]\nwhen = "sometimes"\n', "action[a].when",
      'must be "always" or "staged"'),
     ('[[action]]\nname = "a"\nwhen = "always"\n', "action[a].exec", "missing"),
     ('[[action]]\nexec = ["/bin/true"]\n', "action[1].name", "missing"),
-    ('[[action]]\nname = "a b"\nexec = ["/bin/true"]\n', "action[1].name", "letters, digits"),
+    ('[[action]]\nname = "a b"\nexec = ["/bin/true"]\n', "action[a b].name", "letters, digits"),
     ('[[action]]\nname = "a"\nexec = ["/bin/true"]\nmerge = {from = "/a", to = "/b"}\n',
-     "action[1].merge", "either exec or merge"),
-    ('[[action]]\nname = "a"\nmerge = {from = "/a"}\n', "action[1].merge.to", "missing"),
+     "action[a].merge", "either exec or merge"),
+    ('[[action]]\nname = "a"\nmerge = {from = "/a"}\n', "action[a].merge.to", "missing"),
     ('[[action]]\nname = "a"\nexec = ["/bin/true"]\n', "action[a].when",
      '"staged" needs a marker'),
     ('[[hold]]\npath = "/boot"\nwhen = "staged"\n', "hold[/boot].when",
@@ -241,7 +241,7 @@ def test_cli_error_line_names_dropin(tmp_path: Path) -> None:
     r = subprocess.run([*HM, "daemon", "--check", "--config", str(good), "--config", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 78
-    assert r.stderr.splitlines()[0] == (f"holdmount: config({bad}): hold[1].when: must be a "
+    assert r.stderr.splitlines()[0] == (f"holdmount: config({bad}): hold[/boot].when: must be a "
                                         "string, not an integer 1")
 
 

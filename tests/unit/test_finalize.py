@@ -15,6 +15,7 @@ import pytest
 from holdmount import finalize
 from holdmount.config import ActionConfig, MergeSpec, When
 from holdmount.daemon import Signals
+from holdmount.errors import Exit, Failure
 from holdmount.finalize import Finalizer, Result
 from holdmount.notify import Notifier
 
@@ -99,8 +100,12 @@ def test_stamp_roundtrip_and_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert lines[0].startswith("action fin failed at shutdown (") and lines[1] == "  | boom"
     assert finalize.report(path) == 1
     assert finalize.clear_stamp(path) and not finalize.clear_stamp(path)
-    Path(path).write_text("garbage")  # a damaged stamp still reports a failure
-    assert finalize.report(path) == 1
+    Path(path).write_text("garbage")  # not a stamp: 65 (still a failed report unit)
+    with pytest.raises(Failure) as e:
+        finalize.report(path)
+    assert e.value.code == Exit.DATAERR and "not a holdmount failure stamp" in e.value.message
+    damaged = finalize.read_stamp(path)  # the daemon's status still shows a failure
+    assert damaged is not None and damaged["failures"][0]["status"] == "unreadable stamp (not JSON)"
     assert json.loads(json.dumps(fail.as_dict()))["output"] == ["boom"]
 
 

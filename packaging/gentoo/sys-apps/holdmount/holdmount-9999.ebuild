@@ -30,6 +30,9 @@ python_install_all() {
 
 	systemd_dounit units/holdmount.service units/holdmount@.service \
 		units/holdmount-report.service
+	# journalctl -x explains holdmount's MESSAGE_IDs (systemd_update_catalog in pkg_post*)
+	insinto /usr/lib/systemd/catalog
+	doins packaging/catalog/holdmount.catalog
 	doman man/holdmount.8 man/holdmount.toml.5
 	newbashcomp completions/holdmount.bash holdmount
 	insinto /usr/share/zsh/site-functions
@@ -41,10 +44,15 @@ python_install_all() {
 }
 
 pkg_postinst() {
+	systemd_update_catalog
 	elog "To keep PORTAGE_TMPDIR mounted, writable and safe from systemd-tmpfiles"
 	elog "cleanup for a whole emerge, wrap it:"
 	elog "  holdmount run --hold /var/tmp/portage --protect --require-writable -- emerge ..."
 	elog "The daemon (holdmount.service) is not enabled: write /etc/holdmount/holdmount.toml"
 	elog "(examples in /usr/share/doc/${PF}/examples), then"
 	elog "  systemctl enable --now holdmount.service holdmount-report.service"
+}
+
+pkg_postrm() {
+	systemd_update_catalog
 }
