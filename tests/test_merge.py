@@ -265,7 +265,7 @@ def test_no_space_midway_leaves_old_or_new(nslab: NsLab, tmp_path: Path,
         (dest / k).write_bytes(v)
     for k, v in new.items():
         (staged / k).write_bytes(v)
-    monkeypatch.setattr(merge, "_preflight", lambda dest, plan: None)
+    monkeypatch.setattr(merge.plan, "preflight", lambda dest, dest_fd, plan: None)
     with pytest.raises(Failure) as exc:
         merge_tree(staged, dest)
     assert exc.value.code == Exit.CANTCREAT
@@ -280,21 +280,28 @@ def test_no_space_midway_leaves_old_or_new(nslab: NsLab, tmp_path: Path,
 
 
 def test_one_merge_per_dest_at_a_time(tmp_path: Path) -> None:
-    import fcntl
-
     staged, dest = tmp_path / "staged", tmp_path / "dest"
     make_staged(staged)
     dest.mkdir()
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    st = os.fstat(fd)
+    lock_file = Path(merge.lock.LOCK_DIR) / f"{st.st_dev}-{st.st_ino}.lock"
+    held = merge.lock.take(fd, str(dest))  # what a running merge holds
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running merge holds
+        assert lock_file.exists()
         with pytest.raises(Failure) as exc:
             merge_tree(staged, dest)
         assert exc.value.code == Exit.TEMPFAIL
         assert exc.value.message == f"flock({dest}): another merge into DEST is running"
         assert list(dest.iterdir()) == []
     finally:
+        held.release()
         os.close(fd)
+    assert not lock_file.exists()
+    lock_dir = os.lstat(merge.lock.LOCK_DIR)
+    assert lock_dir.st_uid == 0 and stat.S_IMODE(lock_dir.st_mode) == 0o700
+    merge_tree(staged, dest)
+    assert not lock_file.exists()
 
 
 def test_dest_named_through_a_symlink(tmp_path: Path) -> None:
