@@ -180,6 +180,44 @@ def test_cli_json(tmp_path: Path) -> None:
     assert r.stdout.startswith(f"merged {staged} into {dest}: 0 added, 0 replaced, ")
 
 
+def strict_json(raw: bytes) -> object:
+    """Parse as a strict JSON parser does: UTF-8 text, and no string with a lone surrogate
+    (Python's json.loads accepts "\\udcff"; RFC 8259 parsers such as jq or serde reject it)."""
+    def check(v: object) -> None:
+        if isinstance(v, str):
+            v.encode("utf-8")  # raises on a lone surrogate
+        elif isinstance(v, list):
+            for x in v:
+                check(x)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                check(k)
+                check(x)
+    out = json.loads(raw.decode("utf-8"))
+    check(out)
+    return out
+
+
+def test_cli_json_non_utf8_names(tmp_path: Path) -> None:
+    import base64
+
+    staged, dest = tmp_path / "staged", tmp_path / "dest"
+    staged.mkdir()
+    name = b"caf\xe9-\xff"
+    with open(os.path.join(os.fsencode(staged), name), "wb") as f:
+        f.write(b"x")
+    (staged / "plain-é").write_text("y")
+    r = subprocess.run([*holdmount_cmd(), "merge", str(staged), str(dest), "--json"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = strict_json(r.stdout)
+    assert isinstance(out, dict)
+    assert sorted(out["added"]) == sorted([".", "caf\\xe9-\\xff", "plain-é"])
+    assert out["non_utf8"] == [{"path": "caf\\xe9-\\xff",
+                                "bytes_b64": base64.b64encode(name).decode()}]
+    assert os.path.exists(os.path.join(os.fsencode(dest), name))
+
+
 def test_staged_missing(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -59,7 +59,8 @@ def _flock(fd: int, dest: str, where: str) -> None:
 
 
 class Lock:
-    """Held from take() to release(); `path` is the lock file ("" for a lock on DEST)."""
+    """Held from take() to release(): the locked fd, and the lock file by its directory fd and
+    name (dir_fd -1: the lock is on DEST itself, nothing to remove)."""
 
     def __init__(self, fd: int, dir_fd: int, name: str) -> None:
         self.fd, self.dir_fd, self.name = fd, dir_fd, name
