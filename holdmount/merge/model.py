@@ -122,5 +122,6 @@ class MergeSummary:
     def line(self) -> str:
         c = self.counts()
         verb = "would merge" if self.dry_run else "merged"
-        return (f"{verb} {self.staged} into {self.dest}: {c['added']} added, {c['replaced']} "
-                f"replaced, {c['unchanged']} unchanged, {c['removed_temp']} temp files removed")
+        return (f"{verb} {_text(self.staged)} into {_text(self.dest)}: {c['added']} added, "
+                f"{c['replaced']} replaced, {c['unchanged']} unchanged, "
+                f"{c['removed_temp']} temp files removed")
