@@ -97,3 +97,17 @@ def test_lock_dir_must_be_roots_alone(tmp_path: Path, monkeypatch: pytest.Monkey
     assert exc.value.message == (f"merge({tmp_path}/run/holdmount): the merge lock directory "
                                  "is not root's alone (owner 0, mode 0775)")
     assert "remove" in (exc.value.hint or "")
+
+
+def test_hardlinked_symlinks_and_fifos_stay_linked(tmp_path: Path) -> None:
+    staged, dest = tmp_path / "staged", tmp_path / "dest"
+    staged.mkdir()
+    os.symlink("target", staged / "s1")
+    os.link(staged / "s1", staged / "s2", follow_symlinks=False)
+    os.mkfifo(staged / "p1")
+    os.link(staged / "p1", staged / "p2")
+    merge_tree(staged, dest)
+    for a, b in (("s1", "s2"), ("p1", "p2")):
+        assert os.lstat(dest / a).st_ino == os.lstat(dest / b).st_ino
+        assert os.lstat(dest / a).st_ino != os.lstat(staged / a).st_ino
+    assert os.readlink(dest / "s2") == "target"

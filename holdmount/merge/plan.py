@@ -20,13 +20,17 @@ def _same_meta(s: os.stat_result, d: os.stat_result) -> bool:
 
 def _listing(tree: Tree, fd: int, rel: str) -> dict[str, os.stat_result]:
     """name -> lstat of every entry of the open directory `fd` (`rel` of `tree`)."""
+    out: dict[str, os.stat_result] = {}
     try:
         with os.scandir(fd) as it:
-            return {e.name: e.stat(follow_symlinks=False) for e in it}
-    except FileNotFoundError:
-        return {}  # an entry went away between readdir and lstat: the merge checks it later
+            for e in it:
+                try:
+                    out[e.name] = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    pass  # gone between readdir and lstat: not there
     except OSError as e:
         raise os_failure("scandir", tree.at(rel), e) from e
+    return out
 
 
 @dataclasses.dataclass

@@ -190,6 +190,9 @@ class Writer:
             set_xattrs(entry_path(self.cur_dfd, tmp), want)
             os.utime(tmp, ns=(item.st.st_atime_ns, item.st.st_mtime_ns), dir_fd=self.cur_dfd,
                      follow_symlinks=False)
+            if item.st.st_nlink > 1:
+                self.copies[item.rel] = ident(os.stat(tmp, dir_fd=self.cur_dfd,
+                                                      follow_symlinks=False))
         except OSError as e:
             raise fail("symlink", self._tmp_path(tmp), e) from e
 
@@ -216,6 +219,8 @@ class Writer:
             os.chmod(proc, stat.S_IMODE(st.st_mode))
             set_xattrs(proc, want)
             os.utime(proc, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if st.st_nlink > 1:
+                self.copies[item.rel] = ident(got)
         except OSError as e:
             raise fail("set metadata of", self._tmp_path(tmp), e) from e
         finally:
