@@ -251,17 +251,29 @@ def test_staged_entry_swapped_mid_merge(cgroup: Cgroup, base: Path, swap: str) -
 # --- locks ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["-s", "-x"])
-def test_flock_by_nobody_does_not_block_merge(cgroup: Cgroup, base: Path, mode: str) -> None:
+@pytest.mark.parametrize("how", ["cli", "daemon-action"])
+def test_flock_by_nobody_does_not_block_merge(cgroup: Cgroup, base: Path, mode: str,
+                                              how: str) -> None:
+    """`flock -s DEST` is also what a delegated `hold --protect DEST` holds (for tmpfiles)."""
+    from holdmount import finalize
+    from holdmount.config import ActionConfig, MergeSpec, When
+
     staged, dest = base / "staged", base / "dest"
     staged.mkdir()
     (staged / "f").write_text("new\n")
     dest.mkdir()
+    if how == "cli":
+        argv = [*holdmount_cmd(), "merge", str(staged), str(dest)]
+    else:  # exactly what the daemon's merge action runs at shutdown
+        action = ActionConfig(name="m", merge=MergeSpec(str(staged), str(dest)),
+                              when=When.ALWAYS)
+        argv = finalize.action_argv(action)
     holder = cgroup.popen([*NOBODY, "flock", mode, str(dest), "sh", "-c",
                            "echo locked; exec sleep infinity"], stdout=subprocess.PIPE,
                           text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        r = run_merge(cgroup, staged, dest)
+        r = cgroup.run(argv, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert (dest / "f").read_text() == "new\n"
     finally:
