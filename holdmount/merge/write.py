@@ -293,11 +293,11 @@ class Writer:
                 self.pending_bytes = 0
 
     def _open_quiet(self, p: _Pending) -> int:
-        """DEST directory of a pending entry; when that fails, its temp file is not left."""
+        """DEST directory of a pending entry (counted done: when this fails, its temp file is
+        removed here, if it still can be)."""
         try:
             return self.dest.open_dir(p.rel_dir, self.dest_ids[p.rel_dir])
         except BaseException:
-            self.pending.remove(p)
             self._unlink_pending(p)
             raise
 
