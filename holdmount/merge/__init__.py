@@ -43,6 +43,7 @@ from holdmount.merge.model import (
 )
 from holdmount.merge.tree import DIR_FLAGS, Tree, changed
 from holdmount.merge.write import Writer
+from holdmount.mounts import MountTable
 
 __all__ = ["TEMP_PREFIX", "MergeSummary", "is_temp_name", "merge_tree", "temp_name"]
 
@@ -79,9 +80,10 @@ def _check_inputs(staged: str, dest: str) -> os.stat_result:
 
 
 def _guard(staged: Tree, dest: str) -> None:
-    overlay.refuse_if_overlay_layer(dest, call="merge")
-    overlay.refuse_if_unknown_layers(dest, call="merge")
-    for lay, role, d in overlay.layer_dirs_under(dest):
+    table = MountTable.read()
+    overlay.refuse_if_overlay_layer(dest, table, call="merge")
+    overlay.refuse_if_unknown_layers(dest, table, call="merge")
+    for lay, role, d in overlay.layer_dirs_under(dest, table):
         rel = os.path.relpath(d, os.path.realpath(dest))
         try:
             os.stat(rel, dir_fd=staged.fd, follow_symlinks=False)
