@@ -163,21 +163,53 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def candidate_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layers, str, str]]:
-    """(mount, layers, role, layer dir) of every absolute layer of every mounted overlay whose
-    merged view does not contain `path` (absolute, resolved).
+def _foreign_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layers, str, str]]:
+    """(mount, layers, role, layer dir as in mountinfo) of every layer of every mounted overlay
+    whose merged view does not contain `path` (absolute, resolved).
 
     A path seen through an overlay's own merged view is written through the overlay, which is
     allowed; and that overlay's layer paths are in the *mounter's* namespace, so for a container
-    whose root is overlay(lowerdir=/) they would otherwise match every path. Layer paths given
-    relative to the mounter's cwd at mount time are unknowable here and skipped."""
+    whose root is overlay(lowerdir=/) they would otherwise match every path."""
     for m in table.overlays():
         if _inside(path, m.mount_point):
             continue
         lay = layers(m)
         for role, d in lay.roles():
-            if os.path.isabs(d):
-                yield m, lay, role, d
+            yield m, lay, role, d
+
+
+def candidate_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layers, str, str]]:
+    """The absolute ones of `_foreign_layers`: the layers whose place is known."""
+    for m, lay, role, d in _foreign_layers(path, table):
+        if os.path.isabs(d):
+            yield m, lay, role, d
+
+
+def unknown_layers(path: str | os.PathLike[str],
+                   table: MountTable | None = None) -> list[tuple[Mount, str, str]]:
+    """(mount, role, layer as given) for each layer that `path` may be inside without anyone
+    being able to tell: mountinfo shows the layer paths as the mounter passed them, and one
+    given relative to the mounter's working directory (`-o upperdir=up` from a shell) may be any
+    directory. Not stat'ed: safe for doctor (cannot trigger an automount)."""
+    table = table if table is not None else MountTable.read()
+    target = os.path.normpath(os.path.abspath(os.fspath(path)))
+    return [(m, role, d) for m, _lay, role, d in _foreign_layers(target, table)
+            if not os.path.isabs(d)]
+
+
+def refuse_if_unknown_layers(path: str | os.PathLike[str], table: MountTable | None = None,
+                             *, call: str = "write") -> None:
+    """Fail (EX_CANTCREAT) when a mounted overlay has layers whose place is unknown (relative
+    paths in mountinfo): `path` may be one of them, so writing there is refused as if it were."""
+    hits = unknown_layers(_resolve(os.fspath(path)), table)
+    if not hits:
+        return
+    m, role, d = hits[0]
+    die(f"{call}({os.fspath(path)}): may be inside a layer of the overlay mounted on "
+        f"{m.mount_point}, whose {role} is given relative to the directory it was mounted "
+        f"from ({role}={d}), so where its layers are cannot be known",
+        hint=f"{KERNEL_DOC_REASON}. Remount that overlay with absolute lowerdir=, upperdir= "
+        "and workdir= paths (or unmount it), then rerun", code=Exit.CANTCREAT)
 
 
 def lexical_layer_hits(path: str, table: MountTable) -> list[tuple[Mount, str, str]]:
@@ -335,6 +367,12 @@ class _Lower:
 def find_overlay(merged: str | os.PathLike[str], table: MountTable | None = None) -> Layers:
     path = os.fspath(merged)
     table = table if table is not None else MountTable.read()
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise os_failure("overlay changes", path, e,
+                         hint="name the directory the overlay is mounted on (see findmnt -t "
+                         "overlay)") from e
     real = os.path.realpath(path)
     m = table.top_at(real)
     if m is None or m.fstype != "overlay":
@@ -342,7 +380,14 @@ def find_overlay(merged: str | os.PathLike[str], table: MountTable | None = None
         die(f"overlay changes({path}): not an overlay mount point ({what})",
             hint="name the directory the overlay is mounted on (see findmnt -t overlay)",
             code=Exit.DATAERR)
-    return layers(m)
+    lay = layers(m)
+    for role, d in lay.roles():
+        if not os.path.isabs(d):
+            die(f"overlay changes({path}): the overlay gives its {role} relative to the "
+                f"directory it was mounted from ({role}={d}), so where it is cannot be known",
+                hint="remount it with absolute lowerdir=, upperdir= and workdir= paths",
+                code=Exit.DATAERR)
+    return lay
 
 
 def changes(merged: str | os.PathLike[str], table: MountTable | None = None) -> OverlayChanges:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import errno
 import os
 
 # --- kernel magic numbers (the one place for them) ----------------------------------------------
@@ -139,3 +140,57 @@ def syncfs(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+# --- resolving below a directory fd without following symlinks (merge) ------------------------
+
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437  # the same number on every architecture (the unified syscall table)
+_openat2_works = True
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) (Linux 5.6+; no O_CREAT here, so no mode). Raises OSError with errno."""
+    how = _OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def open_beneath(dir_fd: int, path: str, flags: int) -> int:
+    """Open `path` (relative) below `dir_fd`, following no symlink in any component and never
+    leaving `dir_fd` (ELOOP / ENOTDIR / EXDEV otherwise): openat2(RESOLVE_BENEATH |
+    RESOLVE_NO_SYMLINKS) where the kernel has it, else one openat(O_NOFOLLOW) per component."""
+    global _openat2_works
+    if _openat2_works:
+        try:
+            return openat2(dir_fd, path, flags | os.O_NOFOLLOW,
+                           RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            _openat2_works = False
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), path)
+    cur = dir_fd
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=cur)
+            if cur != dir_fd:
+                os.close(cur)
+            cur = nxt
+        return os.open(parts[-1] if parts else ".", flags | os.O_NOFOLLOW, dir_fd=cur)
+    finally:
+        if cur != dir_fd:
+            os.close(cur)

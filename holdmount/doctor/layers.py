@@ -4,38 +4,24 @@ nothing is triggered)."""
 
 from __future__ import annotations
 
-import os
-
 from holdmount import overlay
 from holdmount.doctor.report import Finding, Section, Severity
-from holdmount.doctor.walk import Walk, under
+from holdmount.doctor.walk import Walk
 from holdmount.mounts import Mount, MountTable
 
 
 def overlay_findings(w: Walk, table: MountTable) -> list[Finding]:
     out = [_in_layer(w, m, role, layer)
            for m, role, layer in overlay.lexical_layer_hits(w.resolved, table)]
-    # The one call site for overlays whose layers mountinfo shows as relative paths (relative
-    # to the mounter's cwd at mount time, unknowable here). When holdmount.overlay gains its own
-    # "unknown layers on this fs" answer, call it here instead of _unknown_layers.
-    unknown = _unknown_layers(w.resolved, table)
-    out += [_layers_unknown(w, m, dirs) for m, dirs in unknown]
+    # Overlays whose layers mountinfo shows as relative paths (relative to the mounter's cwd at
+    # mount time, unknowable here): the same answer the merge's layer guard refuses on.
+    unknown: dict[int, tuple[Mount, list[str]]] = {}
+    for m, _role, d in overlay.unknown_layers(w.resolved, table):
+        unknown.setdefault(m.mnt_id, (m, []))[1].append(d)
+    out += [_layers_unknown(w, m, dirs) for m, dirs in unknown.values()]
     if not out:
         out.append(Finding(Section.OVERLAY, Severity.OK, "no-overlay-layer",
                            "not inside a layer of a mounted overlay"))
-    return out
-
-
-def _unknown_layers(path: str, table: MountTable) -> list[tuple[Mount, list[str]]]:
-    """(overlay, its relative layer dirs) for every mounted overlay whose merged view does not
-    contain `path` and whose layers include relative paths."""
-    out = []
-    for m in table.overlays():
-        if under(path, m.mount_point):
-            continue  # seen through the overlay: written through it, which is allowed
-        relative = [d for _role, d in overlay.layers(m).roles() if not os.path.isabs(d)]
-        if relative:
-            out.append((m, relative))
     return out
 
 

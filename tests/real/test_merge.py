@@ -180,6 +180,44 @@ def test_cli_json(tmp_path: Path) -> None:
     assert r.stdout.startswith(f"merged {staged} into {dest}: 0 added, 0 replaced, ")
 
 
+def strict_json(raw: bytes) -> object:
+    """Parse as a strict JSON parser does: UTF-8 text, and no string with a lone surrogate
+    (Python's json.loads accepts "\\udcff"; RFC 8259 parsers such as jq or serde reject it)."""
+    def check(v: object) -> None:
+        if isinstance(v, str):
+            v.encode("utf-8")  # raises on a lone surrogate
+        elif isinstance(v, list):
+            for x in v:
+                check(x)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                check(k)
+                check(x)
+    out = json.loads(raw.decode("utf-8"))
+    check(out)
+    return out
+
+
+def test_cli_json_non_utf8_names(tmp_path: Path) -> None:
+    import base64
+
+    staged, dest = tmp_path / "staged", tmp_path / "dest"
+    staged.mkdir()
+    name = b"caf\xe9-\xff"
+    with open(os.path.join(os.fsencode(staged), name), "wb") as f:
+        f.write(b"x")
+    (staged / "plain-é").write_text("y")
+    r = subprocess.run([*holdmount_cmd(), "merge", str(staged), str(dest), "--json"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = strict_json(r.stdout)
+    assert isinstance(out, dict)
+    assert sorted(out["added"]) == sorted([".", "caf\\xe9-\\xff", "plain-é"])
+    assert out["non_utf8"] == [{"path": "caf\\xe9-\\xff",
+                                "bytes_b64": base64.b64encode(name).decode()}]
+    assert os.path.exists(os.path.join(os.fsencode(dest), name))
+
+
 def test_staged_missing(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -265,7 +303,7 @@ def test_no_space_midway_leaves_old_or_new(nslab: NsLab, tmp_path: Path,
         (dest / k).write_bytes(v)
     for k, v in new.items():
         (staged / k).write_bytes(v)
-    monkeypatch.setattr(merge, "_preflight", lambda dest, plan: None)
+    monkeypatch.setattr(merge.plan, "preflight", lambda dest, dest_fd, plan: None)
     with pytest.raises(Failure) as exc:
         merge_tree(staged, dest)
     assert exc.value.code == Exit.CANTCREAT
@@ -280,21 +318,28 @@ def test_no_space_midway_leaves_old_or_new(nslab: NsLab, tmp_path: Path,
 
 
 def test_one_merge_per_dest_at_a_time(tmp_path: Path) -> None:
-    import fcntl
-
     staged, dest = tmp_path / "staged", tmp_path / "dest"
     make_staged(staged)
     dest.mkdir()
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    st = os.fstat(fd)
+    lock_file = Path(merge.lock.LOCK_DIR) / f"{st.st_dev}-{st.st_ino}.lock"
+    held = merge.lock.take(fd, str(dest))  # what a running merge holds
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running merge holds
+        assert lock_file.exists()
         with pytest.raises(Failure) as exc:
             merge_tree(staged, dest)
         assert exc.value.code == Exit.TEMPFAIL
         assert exc.value.message == f"flock({dest}): another merge into DEST is running"
         assert list(dest.iterdir()) == []
     finally:
+        held.release()
         os.close(fd)
+    assert not lock_file.exists()
+    lock_dir = os.lstat(merge.lock.LOCK_DIR)
+    assert lock_dir.st_uid == 0 and stat.S_IMODE(lock_dir.st_mode) == 0o700
+    merge_tree(staged, dest)
+    assert not lock_file.exists()
 
 
 def test_dest_named_through_a_symlink(tmp_path: Path) -> None:

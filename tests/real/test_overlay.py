@@ -229,3 +229,59 @@ def test_guard_ignores_paths_seen_through_the_overlay_itself() -> None:
     ])
     assert overlay.overlay_layer_of("/var/lib/thing", table) is None
     overlay.refuse_if_overlay_layer("/var/lib/thing", table)
+
+
+@pytest.mark.real
+def test_changes_of_a_missing_path(nslab: NsLab, tmp_path: Path) -> None:
+    r = nslab.hm("overlay", "changes", str(tmp_path / "nonexistent"))
+    assert r.returncode == int(Exit.NOINPUT), r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == (f"holdmount: overlay changes({tmp_path}/nonexistent): No such file or "
+                        "directory"), r.stderr
+    assert lines[1].startswith("hint: ") and len(lines) == 2
+
+
+@pytest.mark.real
+def test_relative_layer_paths_are_unknown_layers(nslab: NsLab, tmp_path: Path) -> None:
+    """An overlay mounted from a shell with `-o lowerdir=lo,upperdir=up,workdir=wk`: mountinfo
+    shows those strings, so nobody can tell where its layers are. merge refuses (saying why),
+    `overlay changes` says so instead of scanning `up/` relative to its own cwd, and doctor's
+    `unknown_layers` names the overlay."""
+    from holdmount import overlay
+    from holdmount.mounts import MountTable
+
+    base = tmp_path / "ov"
+    nslab.mount_tmpfs(base, "size=16m")
+    h = nslab.path(base)
+    for d in ("lo", "up/sub", "wk", "m", "other"):
+        (h / d).mkdir(parents=True)
+    (h / "up/sub/old").write_text("old\n")
+    staged = tmp_path / "staged"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "sub/f").write_text("new\n")
+    nslab.sh(f"cd '{base}' && mount -t overlay overlay -o lowerdir=lo,upperdir=up,workdir=wk m")
+    assert ",upperdir=up," in nslab.mountinfo()  # the premise: the kernel keeps them relative
+    for dest in (base / "up", base / "other"):
+        before = sorted(os.listdir(h / dest.relative_to(base)))
+        r = nslab.hm("merge", str(staged), str(dest))
+        assert r.returncode == int(Exit.CANTCREAT), r.stderr
+        lines = r.stderr.splitlines()
+        assert lines[0] == (f"holdmount: merge({dest}): may be inside a layer of the overlay "
+                            f"mounted on {base}/m, whose upperdir is given relative to the "
+                            "directory it was mounted from (upperdir=up), so where its layers "
+                            "are cannot be known"), r.stderr
+        assert "absolute" in lines[1] and len(lines) == 2
+        assert sorted(os.listdir(h / dest.relative_to(base))) == before
+    r = nslab.hm("merge", str(staged / "sub"), str(base / "m/sub"))  # through the overlay: fine
+    assert r.returncode == 0, r.stderr
+    r = nslab.hm("overlay", "changes", str(base / "m"))
+    assert r.returncode == int(Exit.DATAERR), r.stderr
+    assert r.stderr.splitlines()[0] == (
+        f"holdmount: overlay changes({base}/m): the overlay gives its upperdir relative to the "
+        "directory it was mounted from (upperdir=up), so where it is cannot be known"), r.stderr
+    table = MountTable.parse(nslab.mountinfo().splitlines(keepends=True))
+    hits = overlay.unknown_layers(str(base / "up/sub"), table)
+    assert {(m.mount_point, role, d) for m, role, d in hits} == {
+        (f"{base}/m", "lowerdir", "lo"), (f"{base}/m", "upperdir", "up"),
+        (f"{base}/m", "workdir", "wk")}
+    assert overlay.unknown_layers(str(base / "m/sub"), table) == []
