@@ -227,17 +227,19 @@ def _add_doctor(sub: Any) -> None:
 
 # --- daemon -----------------------------------------------------------------------------------
 
-def _load_config(args: argparse.Namespace) -> Any:
+def _load_config(args: argparse.Namespace, *, check: bool = False) -> Any:
     from holdmount import config
 
     files = [] if args.no_config else (args.config or config.default_files())
+    if check:  # every error, also what only this system can tell (programs, group)
+        return config.load_checked(files, extra_holds=args.hold)
     return config.load(files, extra_holds=args.hold)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     import dataclasses
 
-    cfg = _load_config(args)
+    cfg = _load_config(args, check=args.check)
     if args.allow_foreign_namespace:
         cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
             cfg.daemon, allow_foreign_namespace=True))
