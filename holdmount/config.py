@@ -24,22 +24,23 @@ from __future__ import annotations
 import dataclasses
 import enum
 import grp
-import importlib.util
 import math
 import os
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 from holdmount.errors import Exit, Failure
 from holdmount.hold import DEFAULT_TRIGGER_TIMEOUT
 from holdmount.timespan import parse_timespan
 
-CONFIG_DIR = Path("/etc/holdmount")
-MAIN_FILE = CONFIG_DIR / "holdmount.toml"
-DROPIN_DIR = CONFIG_DIR / "conf.d"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
+
+CONFIG_DIR = "/etc/holdmount"
+MAIN_FILE = f"{CONFIG_DIR}/holdmount.toml"
+DROPIN_DIR = f"{CONFIG_DIR}/conf.d"
 DEFAULT_SOCKET = "/run/holdmount/control"
 SOCKET_ENV = "HOLDMOUNT_SOCKET"
 DEFAULT_STAMP = "/var/lib/holdmount/failure.stamp"
@@ -539,22 +540,26 @@ def _merge_spec(file: str, key: str, table: Mapping[str, Any]) -> MergeSpec:
 
 
 def merge_available() -> bool:
+    import importlib.util
+
     return importlib.util.find_spec("holdmount.merge") is not None
 
 
 # --- the set of files ---------------------------------------------------------------------------
 
-def default_files(main: Path = MAIN_FILE, dropins: Path = DROPIN_DIR) -> list[str]:
+def default_files(main: str | os.PathLike[str] = MAIN_FILE,
+                  dropins: str | os.PathLike[str] = DROPIN_DIR) -> list[str]:
     """The main file (when it exists) and the drop-ins, sorted by file name."""
-    files = [str(main)] if main.exists() else []
+    main, dropins = os.fspath(main), os.fspath(dropins)
+    files = [main] if os.path.exists(main) else []
     try:
-        names = sorted(p.name for p in dropins.iterdir() if p.name.endswith(".toml"))
+        names = sorted(n for n in os.listdir(dropins) if n.endswith(".toml"))
     except FileNotFoundError:
         names = []
     except OSError as e:
         raise Failure(f"config({dropins}): {os.strerror(e.errno or 0)}",
                       code=Exit.CONFIG) from None
-    files += [str(dropins / n) for n in names]
+    files += [os.path.join(dropins, n) for n in names]
     return files
 
 

@@ -45,11 +45,16 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from holdmount import __version__
 from holdmount.errors import Exit, Failure
 from holdmount.log import log
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
+
+    Handler = Callable[["Request"], Mapping[str, Any]]
 
 PROTOCOL = 1
 MAX_MESSAGE = 64 * 1024  # a request (what anyone may send us)
@@ -100,8 +105,6 @@ class Request:
     peer: Peer
     connection: Connection
 
-
-Handler = Callable[[Request], Mapping[str, Any]]
 
 
 def peer_of(sock: socket.socket) -> Peer:

@@ -31,9 +31,8 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any
 
 from holdmount import __version__, authorize, fdstore, hold, limits, syscalls
 from holdmount.config import ActionConfig, Config, HoldConfig, When
@@ -45,6 +44,10 @@ from holdmount.log import log
 from holdmount.marker import MarkerWatch
 from holdmount.mounts import MountTable, MountWatcher
 from holdmount.notify import Notifier
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 PID_MAX = 2**22  # the kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit)
 
@@ -908,3 +911,25 @@ def _flag(body: Mapping[str, Any], key: str) -> bool:
 
 def main(config: Config) -> int:
     return Daemon(config).run()
+
+
+def command(files: list[str] | None, *, no_config: bool = False, holds: Sequence[str] = (),
+            allow_foreign: bool = False, check: bool = False) -> int:
+    """`holdmount daemon [--config FILE]... [--no-config] [--hold DIR]...
+    [--allow-foreign-namespace] [--check]`: read the configuration, then check it or run."""
+    from holdmount.config import default_files, load, load_checked
+
+    if no_config:
+        files = []
+    elif not files:
+        files = default_files()
+    cfg = (load_checked if check else load)(files, extra_holds=holds)
+    if allow_foreign:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
+            cfg.daemon, allow_foreign_namespace=True))
+    if check:
+        print(f"configuration OK ({', '.join(cfg.files) or 'no files'}): {len(cfg.holds)} "
+              f"holds, {len(cfg.actions)} actions, marker "
+              f"{cfg.marker.path if cfg.marker else 'none'}")
+        return 0
+    return main(cfg)

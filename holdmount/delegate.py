@@ -21,12 +21,15 @@ import contextlib
 import errno
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from holdmount import control
 from holdmount.config import DEFAULT_SOCKET, SOCKET_ENV
 from holdmount.errors import Exit, Failure, os_failure
 from holdmount.hold import Hold, HoldInfo
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 
 def socket_path(explicit: str | None = None) -> str:
