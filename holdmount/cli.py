@@ -246,32 +246,16 @@ def _add_doctor(sub: Any) -> None:
 
 def _load_config(args: argparse.Namespace) -> Any:
     from holdmount import config
-    from holdmount.errors import Failure
 
     files = [] if args.no_config else (args.config or config.default_files())
-    try:
-        return config.load(files, extra_holds=args.hold)
-    except Failure as e:
-        if getattr(args, "check", False) and e.hint == config.CHECK_HINT:
-            e.hint = "fix the key named above (holdmount.toml(5) lists every key), then check again"
-        raise
+    return config.load(files, extra_holds=args.hold)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
-    import dataclasses
+    from holdmount.daemon import command  # __main__ runs it without argparse, too
 
-    cfg = _load_config(args)
-    if args.allow_foreign_namespace:
-        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
-            cfg.daemon, allow_foreign_namespace=True))
-    if args.check:
-        print(f"configuration OK ({', '.join(cfg.files) or 'no files'}): {len(cfg.holds)} "
-              f"holds, {len(cfg.actions)} actions, marker "
-              f"{cfg.marker.path if cfg.marker else 'none'}")
-        return 0
-    from holdmount.daemon import main
-
-    return main(cfg)
+    return command(args.config, no_config=args.no_config, holds=args.hold,
+                   allow_foreign=args.allow_foreign_namespace, check=args.check)
 
 
 def _add_daemon(sub: Any) -> None:

@@ -31,11 +31,10 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any
 
-from holdmount import __version__, authorize, fdstore, hold, syscalls
+from holdmount import __version__, authorize, fdstore, hold, limits, syscalls
 from holdmount.config import ActionConfig, Config, HoldConfig, When
 from holdmount.control import REPLY_FDS, Connection, Peer, Request, RequestError, Server
 from holdmount.errors import Exit, Failure, die
@@ -45,6 +44,10 @@ from holdmount.log import log
 from holdmount.marker import MarkerWatch
 from holdmount.mounts import MountTable, MountWatcher
 from holdmount.notify import Notifier
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 PID_MAX = 2**22  # the kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit)
 
@@ -78,6 +81,8 @@ class Signals:
         self._old_wakeup = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
         for signum in self.signums:
             self._old_handlers[signum] = signal.signal(signum, self._record)
+        # __main__ blocked them before its imports: one that came meanwhile is delivered now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signums)
         return self
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:
@@ -194,12 +199,16 @@ class Daemon:
         self.delegated: dict[str, Delegated] = {}
         self._next_lease = 1
         self.stored: dict[str, fdstore.Stored] = {}  # handed back by the service manager
+        self.reserve: limits.FdReserve | None = None  # fds no client can take (finalize's)
 
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
         with self.signals, contextlib.ExitStack() as cleanup:
             cleanup.callback(self._cleanup)
+            limits.raise_nofile()
+            self.reserve = limits.FdReserve(limits.RESERVE_BASE
+                                            + limits.RESERVE_PER_HOLD * len(self.holds))
             self.selector.register(self.signals.rfd, selectors.EVENT_READ, self._on_signal)
             self.start()
             return self.loop()
@@ -208,16 +217,28 @@ class Daemon:
         """Sleep until an event source is readable; idle, nothing here has a timeout."""
         while self.state is not State.DONE:
             for key, mask in self.selector.select(self._timeout()):
-                key.data(mask)
+                self._event(key.data, mask)
             now = time.monotonic()
+            if self.server is not None:
+                self.server.expire(now)
             self.finalizer.timer(now)
             if self.next_watchdog is not None and now >= self.next_watchdog:
                 self.notifier.watchdog()
                 self.next_watchdog = now + (self.watchdog_interval or 0)
         return self.exit_code
 
+    def _event(self, callback: Any, mask: int) -> None:
+        """One event source's callback; a bug in one must not end the loop (the finalize
+        still has to run): it is logged with its traceback and the loop goes on."""
+        try:
+            callback(mask)
+        except Exception:
+            log.exception("event handler %s failed", getattr(callback, "__name__", callback))
+
     def _timeout(self) -> float | None:
-        deadlines = [d for d in (self.finalizer.deadline(), self.next_watchdog) if d is not None]
+        idle = self.server.next_deadline() if self.server is not None else None
+        deadlines = [d for d in (self.finalizer.deadline(), self.next_watchdog, idle)
+                     if d is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     # --- start ----------------------------------------------------------------------------
@@ -231,8 +252,11 @@ class Daemon:
                 "automount alive. Run the daemon in the host namespace (no PrivateTmp=, "
                 "ProtectSystem=, ... in its unit), or pass --allow-foreign-namespace",
                 code=Exit.CONFIG)
+        control = self.config.control
         self.server = Server(self.config.socket_path(self.environ), self.selector,
-                             mode=self.config.control.mode, group=self.config.control.group)
+                             mode=control.mode, group=control.group,
+                             per_uid=control.connections_per_uid,
+                             idle_timeout=control.idle_timeout)
         self.server.register("status", lambda _req: {"status": self.status_dict()})
         self._register_ops(self.server)
         self._collect_stored()
@@ -425,6 +449,8 @@ class Daemon:
                 "a non-root client must pass an fd of each path (open it O_PATH and send it "
                 "with SCM_RIGHTS; `holdmount hold` does)", code=Exit.NOPERM)
         path_fds = req.fds[:len(paths)] if with_fds else ()
+        if not root:
+            self._check_quota(req.peer.uid, paths)
         pidfd, pid = self._lease_pidfd(req, until_pid, req.fds[-1] if has_pidfd else None)
         lease = Lease(self._next_lease, req.peer, pid, pidfd,
                       None if until_pid is not None else req.connection, set(), time.time())
@@ -441,6 +467,8 @@ class Daemon:
             raise
         self._next_lease += 1
         self.leases[lease.id] = lease
+        if lease.connection is not None and self.server is not None:
+            self.server.pin(lease.connection, +1)
         self.selector.register(pidfd, selectors.EVENT_READ,
                                lambda _mask, lid=lease.id: self._end_lease(lid, "pid exited"))
         log.info("lease %d: holding %s for pid %d (uid %d) until %s", lease.id,
@@ -452,6 +480,20 @@ class Daemon:
         if want_fds:
             reply[REPLY_FDS] = [os.dup(self._held_fd(p)) for p in paths]
         return reply
+
+    def _check_quota(self, uid: int, paths: list[str]) -> None:
+        """Refuse a non-root request past its uid's lease or path ceiling ([control])."""
+        control = self.config.control
+        mine = [x for x in self.leases.values() if x.peer.uid == uid]
+        if len(mine) >= control.leases_per_uid:
+            raise RequestError(f"uid {uid} has {len(mine)} leases (control.leases_per_uid = "
+                               f"{control.leases_per_uid}): release some first",
+                               code=Exit.TEMPFAIL)
+        held = set().union(*(x.paths for x in mine), paths)
+        if len(held) > control.paths_per_uid:
+            raise RequestError(f"uid {uid} would hold {len(held)} paths (control.paths_per_uid "
+                               f"= {control.paths_per_uid}): release some first",
+                               code=Exit.TEMPFAIL)
 
     def _info(self, path: str) -> dict[str, object]:
         h = self.delegated[path].hold
@@ -539,6 +581,8 @@ class Daemon:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(lease.pidfd)
         os.close(lease.pidfd)
+        if lease.connection is not None and self.server is not None:
+            self.server.pin(lease.connection, -1)
         for path in sorted(lease.paths):
             self._unclaim(path, lease.id, f"lease {lease.id}: {why}")
         log.info("lease %d ended: %s", lease.id, why)
@@ -680,14 +724,19 @@ class Daemon:
         assert self.marker is not None
         log.event("marker-armed", "marker %s present: armed", self.marker.path,
                   marker=self.marker.path)
-        self._take_all([h for h in self.holds if h.config.when is When.STAGED and h.hold is None],
-                       fatal=False)
+        with self.reserve.lent() if self.reserve is not None else contextlib.nullcontext():
+            self._take_all([h for h in self.holds
+                            if h.config.when is When.STAGED and h.hold is None], fatal=False)
         self.notifier.status(self.summary())
 
     # --- finalize -------------------------------------------------------------------------
 
     def finalize(self) -> None:
         self.state = State.FINALIZING
+        if self.reserve is not None:  # the fds kept from clients are the finalize's now
+            self.reserve.release()
+        if self.server is not None:
+            self.server.root_only = True
         self.notifier.stopping("finalizing")
         self.next_watchdog = None  # systemd does not watch a stopping service
         armed = self.marker.present() if self.marker is not None else False
@@ -847,6 +896,11 @@ def _paths(body: Mapping[str, Any]) -> list[str]:
         if not isinstance(p, str) or not p.startswith("/") or "\0" in p \
                 or len(p) > MAX_PATH_LEN:
             raise RequestError(f"not an absolute path: {str(p)[:80]!r}", code=Exit.USAGE)
+        try:  # a byte that is not UTF-8 arrives as \udc80..\udcff (control.py): keep it
+            p.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise RequestError(f"not a path: {p[:80]!r} has a lone surrogate that stands "
+                               "for no byte", code=Exit.DATAERR) from None
         norm = os.path.normpath(p)
         if norm.startswith("//"):
             norm = "/" + norm.lstrip("/")
@@ -864,3 +918,25 @@ def _flag(body: Mapping[str, Any], key: str) -> bool:
 
 def main(config: Config) -> int:
     return Daemon(config).run()
+
+
+def command(files: list[str] | None, *, no_config: bool = False, holds: Sequence[str] = (),
+            allow_foreign: bool = False, check: bool = False) -> int:
+    """`holdmount daemon [--config FILE]... [--no-config] [--hold DIR]...
+    [--allow-foreign-namespace] [--check]`: read the configuration, then check it or run."""
+    from holdmount.config import default_files, load, load_checked
+
+    if no_config:
+        files = []
+    elif not files:
+        files = default_files()
+    cfg = (load_checked if check else load)(files, extra_holds=holds)
+    if allow_foreign:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
+            cfg.daemon, allow_foreign_namespace=True))
+    if check:
+        print(f"configuration OK ({', '.join(cfg.files) or 'no files'}): {len(cfg.holds)} "
+              f"holds, {len(cfg.actions)} actions, marker "
+              f"{cfg.marker.path if cfg.marker else 'none'}")
+        return 0
+    return main(cfg)

@@ -9,6 +9,10 @@ holds the path, and checks that the client's credentials could have opened it
 (holdmount.authorize). The lease ends when the client exits, its connection closes, or — with
 `until_pid` — when that process exits (the client passes a pidfd of it, so no pid can be
 reused under us).
+
+Paths are sent as the bytes they are: one that is not UTF-8 goes as surrogate escapes
+(control.encode_request), so `holdmount hold` and `run --delegate` take any path the kernel
+does.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import contextlib
 import errno
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from holdmount import control
 from holdmount.errors import Exit, Failure, os_failure
 from holdmount.hold import Hold, HoldInfo
 from holdmount.paths import control_socket
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -92,7 +99,8 @@ class Delegation:
                     os.close(fd)
                 raise Failure(f"hold: the daemon sent {len(received)} fds for "
                               f"{len(abspaths)} paths", code=Exit.PROTOCOL)
-            holds = [Hold(fd, _info(h)) for fd, h in zip(received, held, strict=True)]
+            holds = [Hold(fd, _info(h, p))
+                     for fd, h, p in zip(received, held, abspaths, strict=True)]
         else:
             for fd in received:
                 os.close(fd)
@@ -129,8 +137,10 @@ def connect(path: str | None, mode: str) -> Delegation | None:
     return d
 
 
-def _info(h: dict[str, Any]) -> HoldInfo:
+def _info(h: dict[str, Any], path: str) -> HoldInfo:
+    """The daemon's details of a hold; the path is ours (a reply shows a byte that is not
+    UTF-8 as \\xNN: control.py)."""
     with contextlib.suppress(TypeError, KeyError):
-        return HoldInfo(**h["info"])
+        return HoldInfo(**{**h["info"], "path": path})
     raise Failure(f"hold: the daemon's reply lacks the hold's details: {str(h)[:80]}",
                   code=Exit.PROTOCOL)

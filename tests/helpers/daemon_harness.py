@@ -175,3 +175,15 @@ class DaemonProc:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+
+def no_lone_surrogates(value: Any) -> None:
+    """Raise if a decoded JSON value holds a lone surrogate (a strict UTF-8 encoder refuses it)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            no_lone_surrogates(k)
+            no_lone_surrogates(v)
+    elif isinstance(value, list):
+        for v in value:
+            no_lone_surrogates(v)

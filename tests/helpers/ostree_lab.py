@@ -338,7 +338,7 @@ def holdmount_units() -> dict[str, str]:
     for name in ("holdmount.service", "holdmount-report.service"):
         p = d / name
         if p.exists():
-            units[name] = re.sub(r"(?m)^(Exec\w*=[-+!@:]*)/usr/s?bin/holdmount\b",
+            units[name] = re.sub(r"(?m)^(Exec\w*=.*?)/usr/s?bin/holdmount\b",
                                  rf"\g<1>{HOLDMOUNT}", p.read_text())
     return units
 

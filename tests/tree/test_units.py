@@ -72,7 +72,7 @@ def test_main_unit_ordering_and_restart_policy() -> None:
     assert d["RestartPreventExitStatus"] == ["78"]
     assert d["KillMode"] == ["mixed"]
     assert int(d["FileDescriptorStoreMax"][0]) > 0
-    assert d["ExecStart"] == ["/usr/bin/holdmount daemon"]
+    assert d["ExecStart"] == ["/usr/bin/env --block-signal=TERM,INT,HUP /usr/bin/holdmount daemon"]
 
 
 def test_instance_unit_holds_its_path() -> None:

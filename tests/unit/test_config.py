@@ -262,17 +262,23 @@ def _check(doc_path: Path) -> int:
 KEYS = ["daemon", "marker", "control", "hold", "action", "path", "when", "protect", "name",
         "exec", "merge", "timeout", "stamp", "inhibit", "enabled", "from", "to", "mode", "group",
         "trigger_timeout", "allow_foreign_namespace", "x"]
+# lone surrogates: \udc80..\udcff is what os.fsdecode makes of a byte that is not UTF-8
+_surrogatey = st.lists(st.sampled_from(["\udcff", "\udc80", "\udce9", "\ud800", "/", "a", "\n",
+                                        "\x7f"]), max_size=6).map("".join)
 _scalar = st.one_of(st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=True),
                     st.sampled_from(["/boot", "boot", "always", "staged", "5min", "infinity",
-                                     "0", "", "/bin/true", "0660", "a\x00b", "-1s", "nan"]),
-                    st.text(max_size=8))
+                                     "0", "", "/bin/true", "0660", "a\x00b", "-1s", "nan",
+                                     "/b\udcffoot", "/bin/\udce9", "\ud800"]),
+                    st.text(max_size=8), _surrogatey)
 _value = st.recursive(_scalar, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
     max_leaves=12)
 _doc = st.dictionaries(st.sampled_from(KEYS), _value, max_size=5)
 
 
-def _toml(value: Any) -> str:
+def _toml(value: Any, raw: bool = False) -> str:
+    """TOML for `value`; with `raw`, lone surrogates are written as they are (for bytes that
+    are not UTF-8, or for `config.loads`), not as \\u escapes (which TOML refuses)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -280,11 +286,12 @@ def _toml(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}"
+        return '"' + "".join(c if (c.isprintable() or (raw and 0xD800 <= ord(c) < 0xE000))
+                             and c not in '"\\' else f"\\u{ord(c):04x}"
                              for c in value) + '"'
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+        return "[" + ", ".join(_toml(v, raw) for v in value) + "]"
+    return "{" + ", ".join(f"{k} = {_toml(v, raw)}" for k, v in value.items()) + "}"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -324,3 +331,38 @@ def test_subprocess_never_tracebacks_on_garbage(tmp_path: Path) -> None:
     r = subprocess.run([*HM, "daemon", "--check", "--config", str(f)], capture_output=True,
                        text=True)
     assert r.returncode == 78 and "Traceback" not in r.stderr
+
+
+def _raw_bytes(text: str) -> bytes:
+    """\\udc80..\\udcff as the byte each stands for, other lone surrogates as CESU-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.dictionaries(st.sampled_from(
+    ["path", "when", "name", "exec", "timeout", "group", "mode", "inhibit"]), _value,
+    max_size=5), max_size=3), kind=st.sampled_from(["hold", "action", "control", "marker"]))
+def test_fuzz_strings_not_utf8(tmp_path: Path, entries: list[dict[str, Any]], kind: str) -> None:
+    """Lone surrogates and bytes that are not UTF-8 in every string field: written raw into
+    the file (exit 78 "not UTF-8", or 0 when the bytes happen to be UTF-8), and parsed from
+    text by `config.loads` (a Config, whose `check` reports and never raises, or a one-line
+    config error)."""
+    header = f"[[{kind}]]\n" if kind in ("hold", "action") else f"[{kind}]\n"
+    text = '[marker]\npath = "/run/m"\n' * (kind != "marker") + "".join(
+        header + "".join(f"{k} = {_toml(v, raw=True)}\n" for k, v in e.items())
+        for e in (entries if kind in ("hold", "action") else entries[:1]))
+    f = tmp_path / "fuzz.toml"
+    f.write_bytes(_raw_bytes(text))
+    _check(f)
+    try:
+        cfg = config.loads(text, name="fuzz")
+    except Failure as e:
+        assert e.code in (Exit.CONFIG, Exit.USAGE) and "\n" not in e.message, e.message
+        assert e.message.startswith("config(fuzz): "), e.message
+        return
+    for problem in config.check(cfg):
+        assert problem.code == Exit.CONFIG and problem.message.startswith("config(fuzz): ")

@@ -144,6 +144,10 @@ def test_client_errors(tmp_path: Path) -> None:
     assert exc.value.message.startswith(f"connect({tmp_path}/none): No such file or directory")
 
 
+SURROGATEY = st.lists(st.sampled_from(["\udcff", "\udc80", "\ud800", "/", "a", "op"]),
+                      max_size=5).map("".join)
+
+
 def _wait(pred: object, limit: float = 5) -> bool:
     import time
 
@@ -160,7 +164,12 @@ def _wait(pred: object, limit: float = 5) -> bool:
 @given(data=st.one_of(st.binary(max_size=300),
                       st.dictionaries(st.text(max_size=5), st.text(max_size=5)).map(
                           lambda d: json.dumps(d).encode()),
-                      st.sampled_from(["ping", "status", "", "hold"]).map(
+                      st.dictionaries(SURROGATEY, SURROGATEY).map(  # \udcXX escapes
+                          lambda d: json.dumps(d).encode()),
+                      st.dictionaries(SURROGATEY, SURROGATEY).map(  # raw, not UTF-8
+                          lambda d: json.dumps(d, ensure_ascii=False).encode(
+                              "utf-8", "surrogatepass")),
+                      st.sampled_from(["ping", "status", "", "hold", "\udcff"]).map(
                           lambda op: json.dumps({"op": op}).encode())))
 def test_fuzz_every_message_gets_an_answer(server: Running, data: bytes) -> None:
     if not data:
@@ -169,3 +178,16 @@ def test_fuzz_every_message_gets_an_answer(server: Running, data: bytes) -> None
     assert isinstance(reply["ok"], bool)
     if reply["ok"] is False:
         assert isinstance(reply["error"], str) and "\n" not in reply["error"]
+        reply["error"].encode("utf-8")  # strict: no lone surrogate came back
+
+
+SURROGATE_REPLIES = [{"path": "/caf\udce9"}, {"\udcff": ["/\ud800", "ok"]}]
+
+
+@pytest.mark.parametrize("fields", SURROGATE_REPLIES)
+def test_replies_are_strict_utf8_json(fields: dict[str, object]) -> None:
+    data = control.encode(fields)
+    parsed = json.loads(data.decode("utf-8"))  # strict UTF-8 ...
+    assert parsed in ({"path": "/caf\\xe9"}, {"\\xff": ["/\\ud800", "ok"]})  # ... no surrogate
+    # a request keeps the bytes: the daemon reads back what the client meant
+    assert json.loads(control.encode_request(fields)) == fields

@@ -2,10 +2,13 @@
 messages, with garbage fds attached (pipes, sockets, /dev/null, directories, O_PATH fds,
 eventfds, pidfds, more than the limit), from a root connection and from an unprivileged one.
 
-Every message gets exactly one well-formed reply; messages that are not a JSON object with a
-known op are refused; no reply is an "internal error" (a handler bug); the daemon stays alive;
-and once the fuzzing connections are closed its fd count is back where it started (no leaked
-received fds, pidfds or holds).
+Every string field may hold lone surrogates (as JSON escapes: a \\udc80..\\udcff one stands for a
+byte that is not UTF-8) or raw bytes that are not UTF-8 (then the message is refused).
+
+Every message gets exactly one well-formed reply, strict UTF-8 JSON whatever the request held;
+messages that are not a JSON object with a known op are refused; no reply is an "internal
+error" (a handler bug); the daemon stays alive; and once the fuzzing connections are closed its
+fd count is back where it started (no leaked received fds, pidfds or holds).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonProc, wait_for
+from daemon_harness import DaemonProc, no_lone_surrogates, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,15 +102,21 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonPro
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# text with lone surrogates: escaped bytes (\udc80..\udcff, what os.fsdecode makes of a byte that
+# is not UTF-8) and surrogates that stand for no byte
+SURROGATEY = st.lists(st.sampled_from(["\udcff", "\udc80", "\udce9", "\ud800", "\udfff", "/",
+                                       "a", "\u00e9", "\x00"]), max_size=6).map("".join)
+TEXT = st.text(max_size=20) | SURROGATEY
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                               max_size=4),
+    | TEXT,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(TEXT, kids, max_size=4),
     max_leaves=8)
 PATHS = st.sampled_from(["/", "/tmp", "/nonexistent/x", "relative", "", "/\x01", "//", "/..",
-                         "/proc/self", "/dev/null", "x" * 5000]) | JSONISH
-OPS = st.sampled_from(["hold", "release", "status", "ping", "", "HOLD", "nope"]) | JSONISH
+                         "/proc/self", "/dev/null", "x" * 5000, "/\udcff", "/tmp/\udce9",
+                         "/\ud800", "/tmp/caf\udce9/x"]) | JSONISH
+OPS = st.sampled_from(["hold", "release", "status", "ping", "", "HOLD", "nope", "\udcff",
+                       "ping\udcff"]) | JSONISH
 BODY = st.fixed_dictionaries(
     {"op": OPS},
     optional={"paths": st.lists(PATHS, max_size=18) | JSONISH,
@@ -125,9 +134,19 @@ def message(draw: st.DrawFn) -> tuple[bytes, list[int], bool]:
     if kind == "body":
         body = draw(BODY)
         op = body.get("op")
-        data = json.dumps(body).encode()
-        return data, fds, not (isinstance(op, str) and op in ("hold", "release", "status",
-                                                              "ping")) or len(fds) > 16
+        data = json.dumps(body).encode()  # lone surrogates as \uXXXX escapes
+        utf8 = True
+        if draw(st.booleans()):  # or as raw bytes: \udcXX as that byte, others as CESU-8
+            text = json.dumps(body, ensure_ascii=False)
+            data = text.encode("utf-8", "surrogateescape" if all(
+                not 0xD800 <= ord(c) < 0xDC80 and not 0xDD00 <= ord(c) < 0xE000
+                for c in text) else "surrogatepass")
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                utf8 = False
+        return data, fds, not utf8 or not (isinstance(op, str) and op in (
+            "hold", "release", "status", "ping")) or len(fds) > 16
     if kind == "json":
         value = draw(JSONISH)
         return json.dumps(value).encode(), fds, True
@@ -159,7 +178,8 @@ def exchange(s: socket.socket, data: bytes, fds: list[int]) -> dict[str, Any]:
             for fd in got:
                 os.close(fd)
     assert reply_raw, "the daemon closed the connection instead of answering"
-    reply: dict[str, Any] = json.loads(reply_raw)
+    reply: dict[str, Any] = json.loads(reply_raw.decode("utf-8"))  # strict: UTF-8 ...
+    no_lone_surrogates(reply)  # ... and no \udcXX escape in it
     return reply
 
 
