@@ -156,14 +156,19 @@ def test_units_verify(deb_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree(deb_root, root, symlinks=True)
     run(["cp", "-an", "/usr/lib/systemd/system/.", str(root / "usr/lib/systemd/system/")])
+    shutil.copy2("/usr/bin/env", root / "usr/bin/env")  # ExecStart='s launcher (coreutils)
     r = run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *UNITS[::2],
              "holdmount@boot.service", "holdmount@var-tmp-portage.service"], cwd=tmp_path)
     assert r.stderr.strip() == "", r.stderr
-    # the check bites: a unit whose ExecStart= is missing fails
+    # the check bites: a unit whose ExecStart= program is missing fails
     (root / "usr/bin/holdmount").unlink()
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
-                        "holdmount.service"], capture_output=True, text=True, cwd=tmp_path)
+                        "holdmount-report.service"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "/usr/bin/holdmount" in r.stderr
+    (root / "usr/bin/env").unlink()
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                        "holdmount.service"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "/usr/bin/env" in r.stderr
 
 
 # --- RPM -----------------------------------------------------------------------------------------
