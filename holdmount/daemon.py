@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
-from holdmount import __version__, authorize, fdstore, hold, syscalls
+from holdmount import __version__, authorize, fdstore, hold, record, syscalls
 from holdmount.config import ActionConfig, Config, HoldConfig, When
 from holdmount.control import REPLY_FDS, Connection, Peer, Request, RequestError, Server
 from holdmount.errors import Exit, Failure, die
@@ -379,7 +379,7 @@ class Daemon:
                 raise Failure(f"{path}: now names another directory than the stored fd")
             if h.config.protect:
                 hold.lock(s.fd, path)
-                info = dataclasses.replace(info, protected=True)
+                info = record.replace(info, protected=True)
         except (Failure, OSError) as e:
             reason = e.message if isinstance(e, Failure) else \
                 f"{os.strerror(e.errno or 0) if e.errno else e}"
@@ -506,7 +506,7 @@ class Daemon:
                     hold.lock(d.hold.fd, path)
                 except Failure as e:
                     raise RequestError(e.message, code=e.code) from None
-                d.hold = hold.Hold(d.hold.fd, dataclasses.replace(d.hold.info, protected=True))
+                d.hold = hold.Hold(d.hold.fd, record.replace(d.hold.info, protected=True))
                 d.protect = True
         except BaseException:
             if new and not d.leases:

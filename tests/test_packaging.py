@@ -132,7 +132,8 @@ def test_deb_packaged_python_works(deb_root: Path) -> None:
             "w = holdmount.marker.MarkerWatch(os.path.join(d, 'm'))\n"
             "open(os.path.join(d, 'm'), 'w').close()\n"
             "print(w.handle(), w.armed)\n")
-    assert run(["/usr/bin/python3", "-c", code], env=env).stdout.strip() == "True True"
+    # cwd /: `-c` puts the current directory first on sys.path, and this checkout has holdmount/
+    assert run(["/usr/bin/python3", "-c", code], env=env, cwd="/").stdout.strip() == "True True"
 
 
 def test_deb_lintian(debs: dict[str, Path]) -> None:
