@@ -124,6 +124,15 @@ def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages count divided by the number of their sharers."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def voluntary_switches(pid: int) -> int:
     """Voluntary context switches of every thread of `pid`."""
     total = 0
