@@ -49,7 +49,22 @@ class _RecordMeta(type):
         ns["_fields"] = tuple(fields)
         ns["_defaults"] = defaults
         ns["_frozen"] = frozen
+        if fields and "__init__" not in ns:
+            ns["__init__"] = _make_init(name, fields, defaults)
         return super().__new__(mcls, name, bases, ns)
+
+
+def _make_init(name: str, fields: list[str], defaults: dict[str, object]) -> Any:
+    """An `__init__(self, f1, f2=default, ...)` written out for the class's fields, as
+    dataclasses does: twice as fast as a loop over the fields (a mount table makes hundreds).
+    The names are the class's own annotations, i.e. identifiers."""
+    params = ", ".join(f"{f}=_defaults[{f!r}]" if f in defaults else f for f in fields)
+    body = "".join(f"\n    _set(self, {f!r}, {f})" for f in fields)
+    scope: dict[str, Any] = {"_set": object.__setattr__, "_defaults": defaults}
+    exec(f"def __init__(self, {params}):{body}", scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{name}.__init__"
+    return init
 
 
 @dataclass_transform(frozen_default=True)
@@ -59,22 +74,6 @@ class Record(metaclass=_RecordMeta):
         _fields: ClassVar[tuple[str, ...]]
         _defaults: ClassVar[dict[str, object]]
         _frozen: ClassVar[bool]
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        if len(args) > len(self._fields):
-            raise TypeError(f"{type(self).__name__}: too many arguments")
-        values = dict(zip(self._fields, args, strict=False))
-        for key, value in kwargs.items():
-            if key not in self._fields or key in values:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {key!r}")
-            values[key] = value
-        for field in self._fields:
-            if field in values:
-                object.__setattr__(self, field, values[field])
-            elif field in self._defaults:
-                object.__setattr__(self, field, self._defaults[field])
-            else:
-                raise TypeError(f"{type(self).__name__}: missing field {field!r}")
 
     def __setattr__(self, name: str, value: object) -> None:
         if self._frozen:

@@ -59,10 +59,10 @@ def test_replace_asdict_and_inheritance() -> None:
 
 
 @pytest.mark.parametrize("args,kwargs,match", [
-    ((), {}, "missing field 'x'"),
-    ((1, "a", 3), {}, "too many"),
-    ((1,), {"x": 2}, "repeated"),
-    ((1,), {"w": 2}, "unexpected"),
+    ((), {}, "missing .*'x'"),
+    ((1, "a", 3), {}, "takes from 2 to 3 positional arguments"),
+    ((1,), {"x": 2}, "multiple values for argument 'x'"),
+    ((1,), {"w": 2}, "unexpected keyword argument 'w'"),
 ])
 def test_bad_construction(args: tuple[object, ...], kwargs: dict[str, object],
                           match: str) -> None:
