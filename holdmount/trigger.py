@@ -79,6 +79,7 @@ class Helper:
     def __init__(self, long_lived: bool = False) -> None:
         self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.long_lived = long_lived
+        self.gone = False  # it ended by itself (killed by someone else), not by our deadline
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - runs in the child
             self.sock.close()
@@ -88,7 +89,8 @@ class Helper:
     def open_batch(self, paths: Sequence[str], timeout: float) -> list[int | OSError]:
         """Answers for `paths` in order. The deadline restarts at each answer (a long batch of
         quick paths never times out); when an answer is `timeout` seconds late, the helper is
-        killed and the answers so far are returned: paths[len(answers)] hung."""
+        killed and the answers so far are returned: paths[len(answers)] hung (or, when
+        `gone` is set, the helper had ended)."""
         encoded = [os.fsencode(p) for p in paths]
         results: list[int | OSError] = []
         try:
@@ -103,7 +105,7 @@ class Helper:
                 if not self._receive(results, end - start, timeout):
                     break
         except OSError:  # the helper died under us (EPIPE, ECONNRESET)
-            pass
+            self.gone = True
         if len(results) < len(paths):
             self.kill()
         return results
@@ -123,6 +125,7 @@ class Helper:
             for extra in fds[1:]:
                 os.close(extra)
             if len(msg) != _ANSWER.size:  # the helper ended: it answers every path unless dead
+                self.gone = True
                 return False
             index, err = _ANSWER.unpack(msg)
             if index != len(results) - first or not (err or fds):  # cannot happen: stop here
@@ -188,8 +191,9 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
     """Open each directory (triggering automounts) with at most `timeout` seconds per path, in
     the long-lived helper if one was started, else in a one-shot helper. A path that hangs gets
     a TimeoutError; its helper is killed (the long-lived one forked again at once), the rest
-    go on in the next one."""
+    go on in the next one. A helper that someone else ended is replaced and asked again, once."""
     out: list[int | OSError] = []
+    retried = False
     while len(out) < len(paths):
         shared = _shared is not None
         helper = _shared if _shared is not None and _shared.running() else Helper(shared)
@@ -200,11 +204,15 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
         except BaseException:
             helper.kill()
             raise
-        if len(out) < len(paths):  # paths[len(out)] hung: open_batch killed its helper
-            out.append(TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g}s"))
-            if shared:
-                start()
-        elif not shared:
+        if len(out) < len(paths) and helper.gone and not retried:
+            retried = True  # someone else ended it (OOM killer, a stray kill): once more
+        elif len(out) < len(paths):  # paths[len(out)] hung: open_batch killed its helper
+            out.append(OSError(errno.EIO, "the trigger helper ended unexpectedly")
+                       if helper.gone else
+                       TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g}s"))
+        if shared and not helper.running():
+            start()  # at once: the next trigger finds it waiting
+        if not shared and helper.running():
             helper.close()
     return out
 
