@@ -52,7 +52,7 @@ SMOKE = Params("smoke", idle=1, startup_runs=2, sigterm_runs=2, marker_runs=3,
                overlay_files=300, overlay_changes=6, overlay_reps=1,
                merge_files=20, merge_bytes=1 << 20, merge_reps=1)
 
-ROWS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+ROWS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
@@ -103,6 +103,10 @@ def run(params: Params, only: set[str], progress: Callable[[str], None]) -> list
 
             rows += mergecopy.rows(lab, params.merge_files, params.merge_bytes,
                                    params.merge_reps, progress)
+        if "P9" in only:
+            from bench import runstart
+
+            rows += runstart.rows(lab, params.startup_runs, progress)
     return rows
 
 

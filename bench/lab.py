@@ -7,7 +7,7 @@ outlives a harness that is killed) and ends exactly those processes at the end, 
 
 Interpreter: holdmount and every Python peer run under the same binary, Debian's
 `/usr/bin/python3`, with holdmount found through PYTHONPATH (the checkout and the venv's
-site-packages for inotify_simple) — how a distribution package runs it. The venv's own
+site-packages for pystemd) — how a distribution package runs it. The venv's own
 `bin/python` would add its editable-install finder (~20 ms per start) and the pyenv shim in
 front of `python3` ~70 ms: neither is the product's cost.
 """
@@ -122,6 +122,15 @@ def proc_status(pid: int) -> dict[str, str]:
 
 def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages count divided by the number of their sharers."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
 
 
 def voluntary_switches(pid: int) -> int:

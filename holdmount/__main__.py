@@ -27,6 +27,12 @@ def _verb(argv: list[str]) -> str | None:
 
 if _verb(sys.argv[1:]) == "daemon":
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    if "--check" not in sys.argv:
+        # The long-lived trigger helper, forked while the process is still small (a staged or
+        # delegated hold then costs one round trip, not a fork of the whole daemon).
+        from holdmount import trigger
+
+        trigger.start()
 
 from holdmount import log as logmod  # noqa: E402 - after the signals are blocked
 from holdmount.errors import Exit, Failure  # noqa: E402

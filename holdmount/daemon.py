@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 
-from holdmount import __version__, authorize, fdstore, hold, limits, syscalls
+from holdmount import __version__, authorize, fdstore, hold, limits, record, syscalls
 from holdmount.config import ActionConfig, Config, HoldConfig, When
 from holdmount.control import REPLY_FDS, Connection, Peer, Request, RequestError, Server
 from holdmount.errors import Exit, Failure, die
@@ -405,7 +405,7 @@ class Daemon:
                 raise Failure(f"{path}: now names another directory than the stored fd")
             if h.config.protect:
                 hold.lock(s.fd, path)
-                info = dataclasses.replace(info, protected=True)
+                info = record.replace(info, protected=True)
         except (Failure, OSError) as e:
             reason = e.message if isinstance(e, Failure) else \
                 f"{os.strerror(e.errno or 0) if e.errno else e}"
@@ -550,7 +550,7 @@ class Daemon:
                     hold.lock(d.hold.fd, path)
                 except Failure as e:
                     raise RequestError(e.message, code=e.code) from None
-                d.hold = hold.Hold(d.hold.fd, dataclasses.replace(d.hold.info, protected=True))
+                d.hold = hold.Hold(d.hold.fd, record.replace(d.hold.info, protected=True))
                 d.protect = True
         except BaseException:
             if new and not d.leases:

@@ -7,36 +7,32 @@ non-autofs entry of the mount table. After that the path is never resolved again
 goes through the fd.
 
 A trigger whose automount daemon hangs (stopped daemon, dead NFS server) blocks open() in the
-kernel in a wait that only SIGKILL ends, so opens run in a forked helper process that hands the
-fds back over a socket; a helper that misses the deadline is killed.
+kernel in a wait that only SIGKILL ends, so opens run in a helper process that hands the fds back
+over a socket (holdmount/trigger.py); a helper that misses the deadline is killed.
 """
 
 from __future__ import annotations
 
-import array
-import dataclasses
 import enum
 import errno
 import fcntl
 import os
-import select
-import signal
-import socket
-import struct
 import time
-from collections.abc import Sequence
 
 from holdmount import syscalls
 from holdmount.errors import Exit, Failure, os_failure
 from holdmount.mounts import MountTable
+from holdmount.record import Record, asdict, replace
+from holdmount.trigger import open_dirs
 
-OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 DEFAULT_TRIGGER_TIMEOUT = 30.0
-_MSG = struct.Struct("=ii")  # index, errno (0: an fd is attached)
 
 
-@dataclasses.dataclass(frozen=True)
-class HoldInfo:
+class HoldInfo(Record):
     """What a hold knows about itself; everything here was read from the fd, not the path."""
 
     path: str  # as asked for (absolute)
@@ -52,11 +48,10 @@ class HoldInfo:
     protected: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
-@dataclasses.dataclass(frozen=True)
-class Hold:
+class Hold(Record):
     fd: int
     info: HoldInfo
 
@@ -65,90 +60,6 @@ class Hold:
             os.close(self.fd)
         except OSError:
             pass
-
-
-def _helper(paths: Sequence[str], sock: socket.socket) -> None:
-    """Runs in the forked child: open each path, send the fd (or errno) back."""
-    for index, path in enumerate(paths):
-        try:
-            fd = os.open(path, OPEN_FLAGS)
-        except OSError as e:
-            sock.send(_MSG.pack(index, e.errno or errno.EIO))
-            continue
-        sock.sendmsg([_MSG.pack(index, 0)],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-        os.close(fd)
-
-
-def _open_batch(paths: Sequence[str], timeout: float) -> list[int | OSError]:
-    """Open paths in a helper until done or until one path took `timeout` seconds (the deadline
-    restarts at each answer: a long batch of quick paths never times out). Returns the answers
-    in order (SOCK_SEQPACKET keeps it); if there are fewer than paths, the next one hung."""
-    deadline = time.monotonic() + timeout
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 0
-        try:
-            parent.close()
-            # The parent's Python signal handlers and wakeup fd must not run here: a SIGTERM
-            # sent to the whole cgroup would otherwise poke the daemon's loop from the helper.
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            _helper(paths, child)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    child.close()
-    results: list[int | OSError] = []
-    try:
-        while len(results) < len(paths):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([parent], [], [], remaining)[0]:
-                break
-            fds = array.array("i")
-            # MSG_CMSG_CLOEXEC: received fds must not leak into commands we spawn later
-            msg, ancdata, _flags, _addr = parent.recvmsg(
-                _MSG.size, socket.CMSG_SPACE(fds.itemsize), socket.MSG_CMSG_CLOEXEC)
-            if not msg:
-                break  # helper ended (it always answers every path unless it crashed)
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-            deadline = time.monotonic() + timeout
-            index, err = _MSG.unpack(msg)
-            for extra in fds[1:]:
-                os.close(extra)
-            if index != len(results) or not (err or fds):  # cannot happen: stop trusting it
-                if fds:
-                    os.close(fds[0])
-                break
-            results.append(OSError(err, os.strerror(err)) if err else fds[0])
-    finally:
-        parent.close()
-        if len(results) < len(paths):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        os.waitpid(pid, 0)
-    return results
-
-
-def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
-    """Open each directory (triggering automounts) with at most `timeout` seconds per path."""
-    out: list[int | OSError] = []
-    start = 0
-    while start < len(paths):
-        answers = _open_batch(paths[start:], timeout)
-        out.extend(answers)
-        start += len(answers)
-        if start < len(paths):  # paths[start] hung: give up on it, go on with the rest
-            out.append(TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g}s"))
-            start += 1
-    return out
 
 
 def verify(path: str, fd: int, table: MountTable | None = None) -> HoldInfo:
@@ -243,7 +154,7 @@ def take_each(paths: Sequence[str], *, timeout: float = DEFAULT_TRIGGER_TIMEOUT,
             info = verify(path, result, table)
             if protect:
                 lock(result, path)
-                info = dataclasses.replace(info, protected=True)
+                info = replace(info, protected=True)
         except Failure as e:
             os.close(result)
             out.append(e)

@@ -1,6 +1,6 @@
 """The marker: a path whose existence arms the `staged` holds and actions, watched by inotify.
 
-One inotify watch (inotify_simple) on the marker's parent directory catches creation (also by
+One inotify watch (syscalls.inotify_*) on the marker's parent directory catches creation (also by
 rename into place) and deletion. When the parent does not exist yet (`/run/ostree` before the
 first deployment is staged), the watch sits on the nearest existing ancestor and moves down as the
 missing directories appear, and back up when they are removed.
@@ -15,13 +15,13 @@ from __future__ import annotations
 import errno
 import os
 
-from inotify_simple import INotify, flags
-
+from holdmount import syscalls
 from holdmount.errors import Failure, os_failure
 
 # Names appearing/disappearing in the watched directory, and the directory itself going away.
-_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM | flags.DELETE_SELF
-         | flags.MOVE_SELF | flags.ONLYDIR)
+_MASK = (syscalls.IN_CREATE | syscalls.IN_MOVED_TO | syscalls.IN_DELETE | syscalls.IN_MOVED_FROM
+         | syscalls.IN_DELETE_SELF | syscalls.IN_MOVE_SELF | syscalls.IN_ONLYDIR)
+_GONE = syscalls.IN_IGNORED | syscalls.IN_DELETE_SELF | syscalls.IN_MOVE_SELF
 
 
 class MarkerWatch:
@@ -29,7 +29,7 @@ class MarkerWatch:
         self.path = path
         self.parent = os.path.dirname(path) or "/"
         try:
-            self._inotify = INotify(nonblocking=True)
+            self._fd = syscalls.inotify_init()
         except OSError as e:
             raise os_failure("inotify_init", path, e) from e
         self._wd: int | None = None
@@ -38,7 +38,7 @@ class MarkerWatch:
         self.armed = self.present()
 
     def fileno(self) -> int:
-        return int(self._inotify.fileno())
+        return self._fd
 
     def present(self) -> bool:
         """Whether the marker exists right now (a dangling symlink counts: lstat)."""
@@ -47,14 +47,11 @@ class MarkerWatch:
     def handle(self) -> bool:
         """Read pending events, follow directory changes; True when armed/disarmed changed."""
         try:
-            events = self._inotify.read(timeout=0)
-        except BlockingIOError:
-            events = []
+            events = syscalls.inotify_read(self._fd)
         except OSError as e:
             raise os_failure("read(inotify)", self.parent, e) from e
-        for event in events:
-            if event.wd == self._wd and event.mask & (flags.IGNORED | flags.DELETE_SELF
-                                                      | flags.MOVE_SELF):
+        for wd, mask, _name in events:
+            if wd == self._wd and mask & _GONE:
                 self._drop_watch()
         self._rewatch()
         armed = self.present()
@@ -63,14 +60,16 @@ class MarkerWatch:
         return changed
 
     def close(self) -> None:
-        self._inotify.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     # --- keeping the watch on the nearest existing ancestor --------------------------------
 
     def _drop_watch(self) -> None:
         if self._wd is not None:
             try:
-                self._inotify.rm_watch(self._wd)
+                syscalls.inotify_rm_watch(self._fd, self._wd)
             except OSError:  # EINVAL: the kernel removed it already (directory deleted)
                 pass
         self._wd = None
@@ -84,7 +83,7 @@ class MarkerWatch:
             if target != self.watched or self._wd is None:
                 self._drop_watch()
                 try:
-                    self._wd = self._inotify.add_watch(target, _MASK)
+                    self._wd = syscalls.inotify_add_watch(self._fd, target, _MASK)
                 except OSError as e:
                     if e.errno in (errno.ENOENT, errno.ENOTDIR):
                         continue  # it went away meanwhile: look again

@@ -5,18 +5,31 @@ No libmount: the format is documented in proc(5) and stable. Paths are unescaped
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
-import re
 import select
-from collections.abc import Iterable, Mapping
 
-_ESCAPE = re.compile(r"\\([0-7]{3})")
+from holdmount.record import Record
+
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+_OCTAL = frozenset("01234567")
 
 
 def _unescape(field: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+    """Undo the kernel's octal escapes (\\040 space, \\134 backslash); any other backslash
+    stays (the kernel escapes every backslash, so a split on it is exact)."""
+    if "\\" not in field:
+        return field
+    first, *rest = field.split("\\")
+    out = [first]
+    for part in rest:
+        if len(part) >= 3 and _OCTAL.issuperset(part[:3]):
+            out.append(chr(int(part[:3], 8)) + part[3:])
+        else:
+            out.append("\\" + part)
+    return "".join(out)
 
 
 def _options(text: str) -> Mapping[str, str]:
@@ -28,8 +41,7 @@ def _options(text: str) -> Mapping[str, str]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     mnt_id: int
     parent_id: int
     dev: str  # "major:minor"
@@ -90,9 +102,15 @@ def parse_line(line: str) -> Mount:
     )
 
 
-@dataclasses.dataclass(frozen=True)
 class MountTable:
-    mounts: tuple[Mount, ...]
+    """An immutable snapshot of the mount table, with indexes built on first use."""
+
+    __slots__ = ("_ids", "_points", "mounts")
+
+    def __init__(self, mounts: tuple[Mount, ...]) -> None:
+        self.mounts = mounts
+        self._ids: dict[int, Mount] | None = None
+        self._points: dict[str, list[Mount]] | None = None
 
     @classmethod
     def read(cls, pid: int | str = "self") -> MountTable:
@@ -103,26 +121,19 @@ class MountTable:
     def parse(cls, lines: Iterable[str]) -> MountTable:
         return cls(tuple(parse_line(line) for line in lines if line.strip()))
 
-    @functools.cached_property
-    def _ids(self) -> dict[int, Mount]:
-        # built once per table (the dataclass is frozen; cached_property writes __dict__)
-        out: dict[int, Mount] = {}
-        for m in self.mounts:
-            out.setdefault(m.mnt_id, m)  # the first, as a scan would find it
-        return out
-
-    @functools.cached_property
-    def _points(self) -> dict[str, list[Mount]]:
-        out: dict[str, list[Mount]] = {}
-        for m in self.mounts:
-            out.setdefault(m.mount_point, []).append(m)
-        return out
-
     def by_id(self, mnt_id: int) -> Mount | None:
+        if self._ids is None:
+            self._ids = {}
+            for m in self.mounts:
+                self._ids.setdefault(m.mnt_id, m)  # the first, as a scan would find it
         return self._ids.get(mnt_id)
 
     def at(self, mount_point: str) -> list[Mount]:
         """Every mount stacked on `mount_point`, bottom first (mountinfo order)."""
+        if self._points is None:
+            self._points = {}
+            for m in self.mounts:
+                self._points.setdefault(m.mount_point, []).append(m)
         return list(self._points.get(mount_point, ()))
 
     def top_at(self, mount_point: str) -> Mount | None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
 
 from holdmount.log import log
+
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 # Variables that belong to this process only: never hand them to children.
 SEND_TIMEOUT = 5.0  # a service manager that does not drain its socket must not stall our loop

@@ -194,3 +194,65 @@ def open_beneath(dir_fd: int, path: str, flags: int) -> int:
     finally:
         if cur != dir_fd:
             os.close(cur)
+
+
+# --- inotify(7) ----------------------------------------------------------------------------
+# On the libc already loaded above: the inotify_simple package finds libc through ctypes.util,
+# which costs ~2.9 MiB and forks /sbin/ldconfig at every start.
+
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+_INOTIFY_HEADER = 16  # struct inotify_event: int wd; u32 mask, cookie, len; char name[len]
+_INOTIFY_READ = 65536  # room for 240+ events with NAME_MAX names
+
+
+def _errno_failure(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err), what)
+
+
+def inotify_init() -> int:
+    """inotify_init1(IN_NONBLOCK|IN_CLOEXEC): a non-blocking inotify fd."""
+    fd = int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        raise _errno_failure("inotify_init1")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2): the watch descriptor; raises OSError (ENOENT, ENOTDIR, ...)."""
+    wd = int(_libc.inotify_add_watch(fd, os.fsencode(path), ctypes.c_uint32(mask)))
+    if wd < 0:
+        raise _errno_failure(path)
+    return wd
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    """inotify_rm_watch(2); EINVAL when the kernel dropped the watch already."""
+    if _libc.inotify_rm_watch(fd, wd) != 0:
+        raise _errno_failure("inotify_rm_watch")
+
+
+def inotify_read(fd: int) -> list[tuple[int, int, str]]:
+    """Every pending event as (wd, mask, name), without blocking ([] when none is pending).
+    Names are decoded like os.listdir's (surrogateescape): any byte string is accepted."""
+    events: list[tuple[int, int, str]] = []
+    while True:
+        try:
+            data = os.read(fd, _INOTIFY_READ)
+        except BlockingIOError:
+            return events
+        offset = 0
+        while offset + _INOTIFY_HEADER <= len(data):
+            wd, mask, _cookie, size = memoryview(data)[offset:offset + _INOTIFY_HEADER].cast("i")
+            start = offset + _INOTIFY_HEADER
+            name = os.fsdecode(data[start:start + size].rstrip(b"\0"))
+            events.append((wd, mask & 0xFFFFFFFF, name))
+            offset = start + size

@@ -14,11 +14,11 @@ import pytest
 pytestmark = [pytest.mark.real]
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
+ROWS = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"}
 
 
 def _leftovers() -> set[str]:
-    return {p.name for p in Path("/var/tmp").glob("holdmount-bench-p8-*")}
+    return {p.name for p in Path("/var/tmp").glob("holdmount-bench-p[78]-*")}
 
 
 def test_bench_smoke_runs_every_row(tmp_path: Path) -> None:
@@ -51,8 +51,8 @@ def test_bench_smoke_runs_every_row(tmp_path: Path) -> None:
 def test_bench_rejects_unknown_rows(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("bench/run needs root")
-    r = subprocess.run([str(REPO / "bench" / "run"), "--only", "P9"],
+    r = subprocess.run([str(REPO / "bench" / "run"), "--only", "P10"],
                        env={**os.environ, "HOLDMOUNT_BENCH_NO_SETUP": "1"}, cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "unknown rows: P9" in r.stderr
+    assert "unknown rows: P10" in r.stderr

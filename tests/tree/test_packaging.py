@@ -2,8 +2,7 @@
 
 One build of each kind per test session (session fixtures), each in a temporary copy of the
 tree (packaging/export-tree: the files git tracks, with their working-tree content):
-- Debian: packaging/build-deb -> holdmount_*.deb and python3-inotify-simple_*.deb (the latter
-  from the unmodified PyPI sdist: Debian 12 has no python3-inotify-simple); lintian.
+- Debian: packaging/build-deb -> holdmount_*.deb; lintian.
 - RPM: packaging/build-rpm -> rpmbuild -bb --nodeps with Debian's rpm; rpmlint.
 - Arch: makepkg --nodeps builds the PKGBUILD (Debian ships makepkg); shellcheck.
 - Gentoo: no ebuild linter is installable here (pkgcheck needs a Gentoo repository): shellcheck,
@@ -63,7 +62,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("deb")
     run([str(PKG / "build-deb"), "-o", str(out), *UNTRACKED])
     found = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
-    assert set(found) == {"holdmount", "python3-inotify-simple"}, found
+    assert set(found) == {"holdmount"}, found
     return found
 
 
@@ -87,8 +86,7 @@ def test_deb_installs_the_files(deb_root: Path) -> None:
               "usr/share/bash-completion/completions/holdmount",
               "usr/share/zsh/vendor-completions/_holdmount",
               "usr/share/doc/holdmount/examples/ostree.toml",
-              "usr/lib/python3/dist-packages/holdmount/cli.py",
-              "usr/lib/python3/dist-packages/inotify_simple.py"]
+              "usr/lib/python3/dist-packages/holdmount/cli.py"]
     missing = [p for p in expect if not (deb_root / p).exists()]
     assert not missing, missing
     assert (deb_root / "usr/bin/holdmount").read_text().startswith("#! /usr/bin/python3") or \
@@ -107,12 +105,8 @@ def test_deb_units_documentation_exists(deb_root: Path) -> None:
 def test_deb_depends(debs: dict[str, Path]) -> None:
     depends = deb_field(debs["holdmount"], "Depends")
     assert "python3-pystemd (>= 0.11)" in depends
-    assert "python3-inotify-simple (>= 1.3)" in depends
+    assert "inotify" not in depends  # the marker watch uses inotify through holdmount.syscalls
     assert deb_field(debs["holdmount"], "Version").split("-")[0] == pyproject_version()
-    # the package we build satisfies the dependency, and sorts below an official Debian one
-    ours = deb_field(debs["python3-inotify-simple"], "Version")
-    run(["dpkg", "--compare-versions", ours, "ge", "1.3"])
-    run(["dpkg", "--compare-versions", ours, "lt", "1.3.5-1"])
 
 
 def test_deb_maintscripts(debs: dict[str, Path], tmp_path: Path) -> None:
@@ -127,20 +121,20 @@ def test_deb_maintscripts(debs: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_deb_packaged_python_works(deb_root: Path) -> None:
-    """The packaged holdmount runs on Debian's python with the packaged inotify_simple."""
+    """The packaged holdmount runs on Debian's python; its marker watch sees a file appear."""
     site = deb_root / "usr/lib/python3/dist-packages"
     env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(site), "HOME": "/nonexistent"}
     r = run(["/usr/bin/python3", str(deb_root / "usr/bin/holdmount"), "--version"], env=env)
     assert r.stdout.strip() == f"holdmount {__version__}"
-    code = ("import inotify_simple, holdmount.marker, os, tempfile\n"
-            "assert inotify_simple.__file__.startswith(os.environ['PYTHONPATH']), "
-            "inotify_simple.__file__\n"
+    code = ("import holdmount.marker, os, tempfile\n"
+            "assert holdmount.marker.__file__.startswith(os.environ['PYTHONPATH']), "
+            "holdmount.marker.__file__\n"
             "d = tempfile.mkdtemp()\n"
-            "i = inotify_simple.INotify(nonblocking=True)\n"
-            "i.add_watch(d, inotify_simple.flags.CREATE)\n"
+            "w = holdmount.marker.MarkerWatch(os.path.join(d, 'm'))\n"
             "open(os.path.join(d, 'm'), 'w').close()\n"
-            "print([e.name for e in i.read(timeout=1000)])\n")
-    assert run(["/usr/bin/python3", "-c", code], env=env).stdout.strip() == "['m']"
+            "print(w.handle(), w.armed)\n")
+    # cwd /: `-c` puts the current directory first on sys.path, and this checkout has holdmount/
+    assert run(["/usr/bin/python3", "-c", code], env=env, cwd="/").stdout.strip() == "True True"
 
 
 def test_deb_lintian(debs: dict[str, Path]) -> None:
@@ -194,7 +188,7 @@ def test_rpm_contents(rpm_file: Path) -> None:
     assert any(f.endswith("/holdmount/cli.py") for f in files)
     requires = run(["rpm", "-qp", "--requires", str(rpm_file)]).stdout
     assert "python3dist(pystemd) >= 0.11" in requires
-    assert "python3dist(inotify-simple) >= 1.3" in requires
+    assert "inotify" not in requires
     assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(rpm_file)]).stdout == __version__
 
 
@@ -273,7 +267,8 @@ def test_pkgbuild_srcinfo() -> None:
     assert fields["pkgname"] == ["holdmount"]
     assert fields["pkgver"] == [__version__]
     assert fields["arch"] == ["any"]
-    assert {"python", "python-pystemd", "python-inotify-simple"} <= set(fields["depends"])
+    assert {"python", "python-pystemd"} <= set(fields["depends"])
+    assert "python-inotify-simple" not in fields["depends"]
 
 
 def test_arch_package_contents(arch_pkg: Path) -> None:
@@ -332,7 +327,7 @@ def test_ebuild_variables() -> None:
     assert v["SLOT"] == "0" and v["LICENSE"] == "LGPL-2.1+"
     assert v["KEYWORDS"] == "unset"  # a live ebuild has no keywords
     deps = v["RDEPEND"].split()
-    assert "dev-python/pystemd[PYDEP]" in deps and "dev-python/inotify-simple[PYDEP]" in deps
+    assert "dev-python/pystemd[PYDEP]" in deps and "inotify" not in deps
     text = EBUILD.read_text()
     assert re.search(r"^inherit .*\bdistutils-r1\b.*\bsystemd\b", text, re.M)
 
@@ -441,8 +436,7 @@ def test_packaged_install_in_systemd(debs: dict[str, Path]) -> None:
         report = c.systemctl("show", "-P", "ActiveState", "holdmount-report.service")
         assert report.stdout.strip() == "active"  # no failure stamp to report
         assert c.mountinfo().is_real_mounted("/hmt/held")
-        # the packaged CLI talks to the packaged daemon; the packaged inotify_simple sees the
-        # marker appear
+        # the packaged CLI talks to the packaged daemon, whose marker watch sees the marker appear
         c.exec(["mkdir", "-p", str(Path(PKG_MARKER).parent)], check=True)
         c.exec(["touch", PKG_MARKER], check=True)
 

@@ -20,7 +20,6 @@ SLOT="0"
 RESTRICT="test"
 
 RDEPEND="
-	dev-python/inotify-simple[${PYTHON_USEDEP}]
 	dev-python/pystemd[${PYTHON_USEDEP}]
 	sys-apps/systemd
 "
