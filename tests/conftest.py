@@ -1,7 +1,8 @@
 """Shared test configuration.
 
 Markers: `real` (a real kernel component: autofs, overlayfs, tmpfiles; needs root), `nspawn`
-(systemd booted in systemd-nspawn: 252 on Debian 12, 257 on Debian 13). See ci_guard.py for what CI=true changes.
+(systemd booted in systemd-nspawn:
+252 on Debian 12, 257 on Debian 13). See ci_guard.py for what CI=true changes.
 """
 
 from __future__ import annotations
@@ -34,5 +35,9 @@ def require_binary(name: str) -> str:
 
 # The CI guard's hooks, and the fixtures every test module may use.
 from autofs import autofs, autofs_factory  # noqa: E402,F401
-from ci_guard import pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: E402,F401
-from ci_guard import pytest_sessionfinish, pytest_terminal_summary  # noqa: E402,F401
+from ci_guard import (  # noqa: E402,F401
+    pytest_collection_modifyitems,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
