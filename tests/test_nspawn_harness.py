@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container, ContainerError
+from nspawn import REPO, Container, ContainerError
 from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _rfixture  # noqa: F401  (registers the fixture)
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:
@@ -51,8 +53,8 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
-    c = container_factory("boot")
+def test_boots_systemd_as_pid1(root_container_factory: Factory) -> None:
+    c = root_container_factory("boot")
     c.boot()
     state = c.systemctl("is-system-running").stdout.strip()
     assert state in ("running", "degraded"), c.systemctl("--failed").stdout
@@ -66,11 +68,12 @@ def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
     host_id = Path("/etc/machine-id").read_text().strip() \
         if Path("/etc/machine-id").exists() else ""
     assert c.exec(["cat", "/etc/machine-id"]).stdout.strip() not in ("", host_id)
-    # the project and its venv are visible at the same paths
+    # the checkout is visible at its own path, and the root's Python imports holdmount from it
     r = c.py("import holdmount, sys; print(holdmount.__file__)")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().startswith("/work/main/") or r.stdout.strip().endswith(
-        "holdmount/__init__.py")
+    assert r.stdout.strip() == str(REPO / "holdmount" / "__init__.py")
+    r = c.exec([c.os.holdmount, "--version"])
+    assert r.returncode == 0 and "holdmount" in r.stdout, r
     # the container lives in our cgroup's payload, never in a host cgroup of its own
     cg = Path(f"/proc/{c.init_pid}/cgroup").read_text()
     assert f"/{c.cgroup.name}/payload" in cg, cg
