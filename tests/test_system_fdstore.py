@@ -1,7 +1,8 @@
 """The fd store in a real systemd (systemd-nspawn; 252 on Debian 12, 257 on Debian 13): `kill -9`
 of the daemon does not let a held automount expire, because systemd keeps the held fd while the
-service waits to restart and hands it back (LISTEN_FDS); the new daemon adopts it before READY. With `fdstore = false` the
-same kill lets the automount expire during RestartSec= — the control case.
+service waits to restart and hands it back (LISTEN_FDS); the new daemon adopts it before READY.
+With `fdstore = false` the same kill lets the automount expire during RestartSec=
+— the control case.
 
 holdmount.service as shipped, plus a drop-in: the venv's holdmount, RestartSec=5s (longer than
 the automount's TimeoutIdleSec=2s, so an unheld mount expires meanwhile).
