@@ -34,7 +34,8 @@ def pytest_runtest_makereport(
 # that forgot its marker cannot skip quietly in CI.
 REAL_FIXTURES = {"autofs": "real", "autofs_factory": "real", "nslab": "real",
                  "container_factory": "nspawn", "sysroot_factory": "nspawn",
-                 "lab_repo": "nspawn", "root_container_factory": "nspawn", "os_root": "nspawn"}
+                 "lab_repo": "nspawn", "root_container_factory": "nspawn", "os_root": "nspawn",
+                 "debian13_container_factory": "nspawn"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -590,7 +590,8 @@ def _factory(root: OsRoot) -> Iterator[Callable[..., Container]]:
     made: list[Container] = []
 
     def make(name: str, **kw: Any) -> Container:
-        c = Container(name, os_root=root, **kw)
+        kw.setdefault("os_root", root)
+        c = Container(name, **kw)
         made.append(c)
         return c
 
@@ -618,6 +619,12 @@ def container_factory() -> Iterator[Callable[..., Container]]:
 def os_root_fixture(request: pytest.FixtureRequest) -> OsRoot:
     """Each root in turn (the Debian 13 one is built on first use; tests/debian13.py)."""
     return os_root(request.param)
+
+
+@pytest.fixture(name="debian13_container_factory")
+def debian13_container_factory() -> Iterator[Callable[..., Container]]:
+    """`container_factory` on the Debian 13 root only (systemd 257: e.g. soft-reboot)."""
+    yield from _factory(debian13_root())
 
 
 @pytest.fixture(name="root_container_factory")
