@@ -43,6 +43,7 @@ from ostree_lab import (
     Sysroot,
     Timings,
     holdmount_units,
+    localize,
     ostree_available,
     ostree_version,
     run,
@@ -324,6 +325,38 @@ def test_manual_stop_of_finalize_unit_finalizes_nothing(
         assert c.exec(["test", "-e", MARKER]).returncode == 0
         assert c.systemctl("is-active", "holdmount.service").stdout.strip() == "active"
         # holdmount still finalizes at shutdown
+        c.poweroff(timeout=180)
+        assert _finalized(s), "\n".join(ln for ln in _shutdown_lines(c) if "holdmount" in ln)
+    finally:
+        c.cleanup()
+
+
+def test_switch_live_on_and_refusal_while_staged(sysroot_factory: Callable[[], Sysroot]) -> None:
+    """`on` on the running system: reloads systemd and restarts holdmount with the ostree config;
+    `off` while a deployment is staged is refused (exit 75), and the staged one is finalized."""
+    s = sysroot_factory()
+    c = OstreeContainer("hm-ostree-live", s, units=holdmount_units(s.lab.os),
+                        wants=["holdmount.service", OSTREE_PATH_UNIT],
+                        files=dict([FINALIZE_TIMEOUT_DROPIN]))
+    try:
+        c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
+                     (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
+        c.boot()
+        assert _status(c)["marker"] is None or \
+            _status(c)["marker"]["path"] != MARKER  # type: ignore[index]
+        switch = str(PACKAGING / "holdmount-ostree-switch")
+        r = c.exec([switch, "on"], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        dropin = c.path(SWITCH_DROPIN)  # the Debian 12 root runs holdmount from the venv
+        dropin.write_text(localize(dropin.read_text(), c.os))
+        c.systemctl("daemon-reload", check=True)
+        assert c.wait_for(lambda: c.systemctl("is-active", "holdmount.service").stdout.strip()
+                          == "active", 10)
+        assert _status(c)["marker"]["path"] == MARKER  # type: ignore[index]
+        c.stage()
+        r = c.exec([switch, "off"], timeout=60)
+        assert r.returncode == 75 and "staged" in r.stderr, r
+        assert c.path(SWITCH_DROPIN).exists()
         c.poweroff(timeout=180)
         assert _finalized(s), "\n".join(ln for ln in _shutdown_lines(c) if "holdmount" in ln)
     finally:
