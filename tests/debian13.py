@@ -54,7 +54,7 @@ def venv_dir() -> Path:
     return CACHE / f"debian13-venv-{_key(str(root_dir()), str(REPO), deps)}"
 
 
-def _mirror() -> str:
+def host_mirror() -> str:
     for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for line in f.read_text().splitlines():
             if line.startswith("URIs:"):
@@ -75,7 +75,7 @@ def _build_root(dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".build-", dir=CACHE))
     try:
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-              SUITE, str(tmp), _mirror()], timeout=1800)
+              SUITE, str(tmp), host_mirror()], timeout=1800)
         (tmp / "opt" / "holdmount").mkdir(parents=True, exist_ok=True)
         (tmp / "usr" / "bin" / "holdmount").symlink_to(f"{VENV_IN_ROOT}/bin/holdmount")
         # the image's apt caches are not needed by the tests

@@ -367,13 +367,19 @@ def holdmount_units(root: OsRoot = HOST_ROOT) -> dict[str, str]:
     return units
 
 
+def install_holdmount_dropin(c: OstreeContainer) -> None:
+    """holdmount.service.d/50-ostree.conf: the package's part (under /etc here: the container's
+    /usr is the root's, read-only), not the switch's."""
+    c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
+                 (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
+
+
 def switch_on(c: OstreeContainer) -> str:
     """What an admin does (docs/ostree.md), offline on the deployment's /etc: the unit drop-in
     (under /etc: the container's /usr is the root's, read-only), then `holdmount-ostree-switch
     on` (config, ostree-finalize-staged.service drop-in, enable), its drop-in pointed at the
     root's holdmount."""
-    c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
-                 (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
+    install_holdmount_dropin(c)
     r = run([str(PACKAGING / "holdmount-ostree-switch"), "on", f"--root={c.deployment}"])
     dropin = c.path(SWITCH_DROPIN)
     dropin.write_text(localize(dropin.read_text(), c.os))

@@ -43,6 +43,7 @@ from ostree_lab import (
     Sysroot,
     Timings,
     holdmount_units,
+    install_holdmount_dropin,
     localize,
     ostree_available,
     ostree_version,
@@ -331,16 +332,21 @@ def test_manual_stop_of_finalize_unit_finalizes_nothing(
         c.cleanup()
 
 
+def _switched_off(name: str, s: Sysroot) -> OstreeContainer:
+    """holdmount installed (units, the package's drop-in), the switch not (yet) on."""
+    c = OstreeContainer(name, s, units=holdmount_units(s.lab.os),
+                        wants=["holdmount.service", OSTREE_PATH_UNIT],
+                        files=dict([FINALIZE_TIMEOUT_DROPIN]))
+    install_holdmount_dropin(c)
+    return c
+
+
 def test_switch_live_on_and_refusal_while_staged(sysroot_factory: Callable[[], Sysroot]) -> None:
     """`on` on the running system: reloads systemd and restarts holdmount with the ostree config;
     `off` while a deployment is staged is refused (exit 75), and the staged one is finalized."""
     s = sysroot_factory()
-    c = OstreeContainer("hm-ostree-live", s, units=holdmount_units(s.lab.os),
-                        wants=["holdmount.service", OSTREE_PATH_UNIT],
-                        files=dict([FINALIZE_TIMEOUT_DROPIN]))
+    c = _switched_off("hm-ostree-live", s)
     try:
-        c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
-                     (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
         c.boot()
         assert _status(c)["marker"] is None or \
             _status(c)["marker"]["path"] != MARKER  # type: ignore[index]
@@ -380,13 +386,8 @@ def _etc_snapshot(root: Path) -> dict[str, str]:
 def test_switch_off_restores_ostree_units(sysroot_factory: Callable[[], Sysroot]) -> None:
     """`off` restores /etc exactly; ostree's own units then finalize (with ostree's hold)."""
     s = sysroot_factory()
-    c = OstreeContainer("hm-ostree-off", s, units=holdmount_units(s.lab.os),
-                        wants=["holdmount.service", OSTREE_PATH_UNIT],
-                        files=dict([FINALIZE_TIMEOUT_DROPIN]))
+    c = _switched_off("hm-ostree-off", s)
     try:
-        # the holdmount.service drop-in is the package's (docs/ostree.md), not the switch's
-        c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
-                     (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
         before = _etc_snapshot(c.deployment)
         switch_on(c)
         assert _etc_snapshot(c.deployment) != before
