@@ -158,8 +158,13 @@ def test_cleanup_leaves_nothing(container_factory: Factory) -> None:
     # a long-running process started through exec (in our cgroup, outside the container's)
     sleeper = c.cgroup.popen(["nsenter", "-t", str(c.init_pid), "-m", "-p", "--",
                               "sleep", "1000"])
-    pids = c.cgroup.pids() | {c.nspawn_pid, c.init_pid, c.keeper_pid, sleeper.pid}
-    assert len(pids) > 5
+
+    def ours() -> set[int]:
+        return c.cgroup.pids() | {c.nspawn_pid, c.init_pid, c.keeper_pid, sleeper.pid}
+
+    # nsenter -p forks `sleep` a moment later (under load: measurably later)
+    assert c.wait_for(lambda: len(ours()) > 5, 10), ours()
+    pids = ours()
     assert all(d.exists() for d in c.cgroup.dirs)
     c.cleanup()
     sleeper.wait(10)
