@@ -84,8 +84,10 @@ def _build_root(dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in CACHE.glob("debian13-*"):  # roots of other package lists, and their venvs
-        if old != dest and not old.name.startswith(("debian13-venv-", dest.name)):
+    # roots of other package lists, and every venv (each was made for an older root: the venv's
+    # key includes the root's)
+    for old in CACHE.glob("debian13-*"):
+        if old != dest and not old.name.startswith(dest.name + "."):
             shutil.rmtree(old, ignore_errors=True)
 
 
