@@ -8,7 +8,8 @@ CI guard, the benchmark), `helpers/` fixtures and harnesses (never named test_*)
 name from every test because this file puts the folder on sys.path.
 
 Markers: `real` (a real kernel component: autofs, overlayfs, tmpfiles; needs root), `nspawn`
-(systemd 252 booted in systemd-nspawn). See helpers/ci_guard.py for what CI=true changes.
+(systemd booted in systemd-nspawn: 252 on Debian 12, 257 on Debian 13). See helpers/ci_guard.py
+for what CI=true changes.
 """
 
 from __future__ import annotations
@@ -42,4 +43,9 @@ def require_binary(name: str) -> str:
 
 # The CI guard's hooks, and the fixtures every test module may use.
 from autofs import autofs, autofs_factory  # noqa: E402,F401
-from ci_guard import pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: E402,F401
+from ci_guard import (  # noqa: E402,F401
+    pytest_collection_modifyitems,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)

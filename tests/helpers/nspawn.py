@@ -1,11 +1,12 @@
-"""A real systemd 252 as PID 1 in systemd-nspawn, for tests.
+"""A real systemd as PID 1 in systemd-nspawn, for tests: 252 on the host's Debian 12 root, 257 on
+a cached Debian 13 root (tests/helpers/debian13.py); `OsRoot` says which (`root_container_factory`).
 
 Layout of one `Container` (see docs/nspawn.md):
 
     host /tmp/holdmount-nspawn-XXXX/            base dir on the host (console logs live here)
       ns/                                       tmpfs, mounted only in the keeper's namespace
         upper/ work/                            the overlay's upper layer: persists across boots
-        root/                                   overlay(lowerdir=/) = the container's root
+        root/                                   overlay(lowerdir=/ or the Debian 13 root)
 
 A *keeper* process (`unshare -m --propagation private sh -c ...`, ending in `exec cat`) owns a
 private mount namespace holding the tmpfs, the overlay and a tmpfs over /run/systemd (so nspawn's
@@ -22,6 +23,7 @@ the container into "<our cgroup>/payload" and cleanup SIGKILLs exactly what this
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import select
@@ -53,10 +55,10 @@ FileSpec = str | bytes | tuple[str | bytes, int]
 
 _KEEPER_SCRIPT = r"""
 set -eu
-ns=$1   # $2: our cgroup2 directory (with cgroup.kill), or empty
+ns=$1   # $2: our cgroup2 directory (with cgroup.kill), or empty; $3: the lower layer
 mount -t tmpfs -o size=1g,mode=0755 holdmount-nspawn "$ns"
 mkdir "$ns/upper" "$ns/work" "$ns/root"
-mount -t overlay -o "lowerdir=/,upperdir=$ns/upper,workdir=$ns/work" holdmount-nspawn "$ns/root"
+mount -t overlay -o "lowerdir=$3,upperdir=$ns/upper,workdir=$ns/work" holdmount-nspawn "$ns/root"
 # nspawn keeps lock files and a propagation dir under /run/systemd/nspawn: private ones.
 [ -d /run/systemd ] || mkdir -p /run/systemd
 mount -t tmpfs -o size=4m,mode=0755 holdmount-nspawn-run /run/systemd
@@ -68,6 +70,46 @@ echo ready
 while IFS= read -r _; do :; done
 [ -z "${2:-}" ] || echo 1 > "$2/cgroup.kill"
 """
+
+
+
+@dataclasses.dataclass(frozen=True)
+class OsRoot:
+    """What a container boots: the overlay's lower layer and where holdmount is in it."""
+
+    name: str  # "debian12" (the host's own root) or "debian13"
+    lower: Path  # host path of the root filesystem
+    holdmount: str  # the holdmount CLI inside the container
+    python: str  # a Python with holdmount importable, inside the container
+    binds: tuple[str, ...] = ()  # extra systemd-nspawn --bind/--bind-ro options
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for systemd-nspawn
+
+    def host_path(self, path: str) -> Path:
+        """Host path of a file of the (unchanged) root."""
+        return self.lower / path.lstrip("/")
+
+
+HOST_ROOT = OsRoot("debian12", Path("/"), str(REPO / ".venv" / "bin" / "holdmount"), VENV_PYTHON)
+ROOT_NAMES = ("debian12", "debian13")
+ROOTS_RAN: set[str] = set()  # names of the roots booted in this session (conftest reports them)
+
+
+def debian13_root() -> OsRoot:
+    from debian13 import VENV_IN_ROOT, ensure_root  # builds it on first use (minutes)
+    lower, venv = ensure_root()
+    return OsRoot("debian13", lower, "/usr/bin/holdmount",
+                  f"{VENV_IN_ROOT}/bin/python", binds=(f"--bind-ro={venv}:{VENV_IN_ROOT}",),
+                  # the host's nspawn 252 on a hybrid cgroup host: systemd 257 needs cgroup v2
+                  env=(("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1"),))
+
+
+def os_root(name: str) -> OsRoot:
+    if name == "debian12":
+        return HOST_ROOT
+    if name == "debian13":
+        return debian13_root()
+    raise ValueError(f"unknown root {name!r}")
+
 
 _STATES_UP = ("running", "degraded")
 _STATES_FAILED = ("maintenance", "stopping")
@@ -115,13 +157,15 @@ class Container:
     wants: units pulled in (Wants=) by the test target that default.target points at.
     binds: extra `--bind=` specs ("SRC[:DST[:OPTS]]", host paths as seen at construction).
     extra_args: appended to the systemd-nspawn command line.
+    os_root: the root to boot (default: the host's own Debian 12).
     """
 
     def __init__(self, name: str, *, units: Mapping[str, str] = {},
                  files: Mapping[str, FileSpec] = {},
                  wants: Sequence[str] = (), binds: Sequence[str] = (),
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), os_root: OsRoot = HOST_ROOT) -> None:
         self.name = name
+        self.os = os_root
         self.machine = _machine_name(name)
         self.binds = list(binds)
         self.extra_args = list(extra_args)  # options only: init_args follow them
@@ -153,7 +197,8 @@ class Container:
     def _start_keeper(self) -> None:
         self._keeper = self.cgroup.popen(
             ["unshare", "-m", "--propagation", "private",
-             "sh", "-c", _KEEPER_SCRIPT, "keeper", str(self.ns_dir), self._cgroup_kill_dir()],
+             "sh", "-c", _KEEPER_SCRIPT, "keeper", str(self.ns_dir), self._cgroup_kill_dir(),
+             str(self.os.lower)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True, env=_env())
         assert self._keeper.stdout is not None
@@ -228,7 +273,7 @@ class Container:
         self.write_file("/etc/hostname", self.machine + "\n")
         self.path("/var/log/journal").mkdir(parents=True, exist_ok=True)
         # The host's own enabled timers (apt-daily, fstrim, man-db, ...) must not run in here.
-        host_timers = Path(UNIT_DIR) / "timers.target.wants"
+        host_timers = self.os.host_path(UNIT_DIR) / "timers.target.wants"
         if host_timers.is_dir():
             for t in sorted(host_timers.iterdir()):
                 self._symlink(f"{UNIT_DIR}/{t.name}", "/dev/null")
@@ -288,15 +333,16 @@ class Container:
                 "--boot", "--register=no", "--keep-unit", f"--console={self.console_mode}",
                 "--link-journal=no", "--bind=/dev/autofs",
                 *([] if REPO_BIND in self.extra_args else [REPO_BIND]),
-                *(f"--bind={b}" for b in self.binds), *self.extra_args,
+                *(f"--bind={b}" for b in self.binds), *self.os.binds, *self.extra_args,
                 # arguments for the container's systemd (parsed like a kernel command line):
                 # "[  OK  ] ..." status lines on the console, which boot errors include
                 *self.init_args]
         t0 = time.monotonic()
         self._init_pid = None
+        ROOTS_RAN.add(self.os.name)
         self._proc = self.cgroup.popen(args, stdin=subprocess.DEVNULL, stdout=self._console,
                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                       env=_env())
+                                       env={**_env(), **dict(self.os.env)})
         deadline = t0 + timeout
         state = "(no init yet)"
         while True:
@@ -370,7 +416,7 @@ class Container:
 
     def py(self, code: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a Python snippet with the project's venv (holdmount importable) in the container."""
-        return self._run_in([VENV_PYTHON, "-c", code, *args], **kw)
+        return self._run_in([self.os.python, "-c", code, *args], **kw)
 
     def systemctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return self._run_in(["systemctl", *args], check=check)
@@ -538,17 +584,13 @@ def nspawn_available() -> bool:
     return shutil.which("systemd-nspawn") is not None
 
 
-@pytest.fixture(name="container_factory")
-def container_factory() -> Iterator[Callable[..., Container]]:
-    """Make containers: `c = container_factory("name", units={...}, wants=[...]); c.boot()`.
-
-    Every container is cleaned up after the test (container killed, mounts gone, cgroup removed).
-    """
+def _factory(root: OsRoot) -> Iterator[Callable[..., Container]]:
     if not nspawn_available():
         pytest.skip("systemd-nspawn not installed (run scripts/setup)")
     made: list[Container] = []
 
     def make(name: str, **kw: Any) -> Container:
+        kw.setdefault("os_root", root)
         c = Container(name, **kw)
         made.append(c)
         return c
@@ -562,3 +604,30 @@ def container_factory() -> Iterator[Callable[..., Container]]:
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(name="container_factory")
+def container_factory() -> Iterator[Callable[..., Container]]:
+    """Make containers: `c = container_factory("name", units={...}, wants=[...]); c.boot()`.
+
+    Every container is cleaned up after the test (container killed, mounts gone, cgroup removed).
+    """
+    yield from _factory(HOST_ROOT)
+
+
+@pytest.fixture(name="os_root", scope="session", params=ROOT_NAMES)
+def os_root_fixture(request: pytest.FixtureRequest) -> OsRoot:
+    """Each root in turn (the Debian 13 one is built on first use; tests/helpers/debian13.py)."""
+    return os_root(request.param)
+
+
+@pytest.fixture(name="debian13_container_factory")
+def debian13_container_factory() -> Iterator[Callable[..., Container]]:
+    """`container_factory` on the Debian 13 root only (systemd 257: e.g. soft-reboot)."""
+    yield from _factory(debian13_root())
+
+
+@pytest.fixture(name="root_container_factory")
+def root_container_factory(os_root: OsRoot) -> Iterator[Callable[..., Container]]:
+    """`container_factory` for the test's root (`os_root`): the test runs once per root."""
+    yield from _factory(os_root)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nspawn import Container, ContainerError, FileSpec
+from nspawn import HOST_ROOT, Container, ContainerError, FileSpec, OsRoot
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
 
 REPO = Path(__file__).resolve().parents[2]
 OSNAME = "debian"
@@ -51,7 +52,8 @@ OSTREE_PATH_UNIT = "ostree-finalize-staged.path"
 OSTREE_FINALIZE_UNIT = "ostree-finalize-staged.service"
 OSTREE_HOLD_UNIT = "ostree-finalize-staged-hold.service"
 PACKAGING = REPO / "packaging" / "ostree"
-HOLDMOUNT = str(REPO / ".venv" / "bin" / "holdmount")
+SWITCH_DROPIN = f"/etc/systemd/system/{OSTREE_FINALIZE_UNIT}.d/50-holdmount.conf"
+HOLDMOUNT = HOST_ROOT.holdmount  # Debian 12 (the host's venv); OsRoot.holdmount in general
 # holdmount's units come from the checkout's units/; this variable points the tests at another
 # directory (e.g. a distribution's /usr/lib/systemd/system) to check the integration against it
 UNITS_ENV = "HOLDMOUNT_TEST_UNITS_DIR"
@@ -99,8 +101,16 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 120,
 
 
 def ostree_available() -> bool:
+    """The host's ostree (it builds the sysroots) and ostree-boot's units."""
     return shutil.which("ostree") is not None and \
         Path("/lib/systemd/system", OSTREE_FINALIZE_UNIT).exists()
+
+
+def ostree_version(root: OsRoot) -> str:
+    """The version of the root's ostree (from its dpkg status), e.g. "2025.2-1"."""
+    status = root.host_path("/var/lib/dpkg/status").read_text()
+    m = re.search(r"^Package: ostree\n(?:[^\n]+\n)*?Version: (\S+)", status, re.M)
+    return m.group(1) if m else "?"
 
 
 def _unimmutable(tree: Path) -> None:
@@ -117,9 +127,10 @@ def _unimmutable(tree: Path) -> None:
 class LabRepo:
     path: Path  # a bare repo holding REF_BASE and REF_NEXT
     commits: Mapping[str, str]  # ref -> checksum
+    os: OsRoot  # the root whose /usr the deployments run (its /etc is the tree's usr/etc)
 
     @classmethod
-    def build(cls, workdir: Path) -> LabRepo:
+    def build(cls, workdir: Path, root: OsRoot) -> LabRepo:
         tree = workdir / "tree"
         usr = tree / "usr"
         mods = usr / "lib" / "modules" / KVER
@@ -128,10 +139,11 @@ class LabRepo:
         (mods / "vmlinuz").write_text("holdmount lab: not a kernel\n")
         (mods / "initramfs.img").write_text("holdmount lab: not an initramfs\n")
         # the host's /etc becomes the tree's default /etc (ostree merges usr/etc into /etc)
-        run(["cp", "-a", "/etc", str(usr / "etc")])
-        shutil.copy("/usr/lib/os-release", usr / "lib" / "os-release")
+        run(["cp", "-a", str(root.host_path("/etc")), str(usr / "etc")])
+        shutil.copy(root.host_path("/usr/lib/os-release"), usr / "lib" / "os-release")
+        # opt/holdmount: the Debian 13 root's venv is bound there
         for d in ("boot", "dev", "proc", "sys", "run", "tmp", "var", "sysroot", "home", "root",
-                  "mnt", "opt", "srv", "media"):
+                  "mnt", "opt", "opt/holdmount", "srv", "media"):
             (tree / d).mkdir(exist_ok=True)
         # the repository's own path, bound in by OstreeContainer (the deployment root is
         # immutable, so nspawn could not create the mount point)
@@ -153,7 +165,7 @@ class LabRepo:
                  "--no-xattrs", f"--subject={ref}"])
             commits[ref] = run(["ostree", f"--repo={repo}", "rev-parse", ref]).stdout.strip()
         shutil.rmtree(tree)
-        return cls(repo, commits)
+        return cls(repo, commits, root)
 
 
 # --- one sysroot -------------------------------------------------------------------------------
@@ -252,11 +264,16 @@ class OstreeContainer(Container):
         s = sysroot.path
         lab_units = {BOOTED_UNIT: _BOOTED_SERVICE, "boot.mount": _BOOT_MOUNT,
                      "boot.automount": boot_automount(idle)}
+        usr = sysroot.lab.os.host_path("/usr")
         super().__init__(
             name, units={**lab_units, **units}, files=files,
             wants=[BOOTED_UNIT, "boot.automount", *wants],
             binds=[f"{s}:/sysroot:norbind", f"{sysroot.var}:/var", *binds],
-            extra_args=["--bind-ro=/usr:/usr", f"--bind-ro={REPO}:{REPO}", *extra_args])
+            extra_args=[f"--bind-ro={usr}:/usr", f"--bind-ro={REPO}:{REPO}", *extra_args],
+            os_root=sysroot.lab.os)
+        # ostree >= 2023's ostree-boot-complete.service has ConditionKernelCommandLine=ostree; in
+        # a container systemd reads its "kernel command line" from PID 1's arguments
+        self.init_args.append("ostree")
 
     def _start_keeper(self) -> None:
         super()._start_keeper()
@@ -302,12 +319,13 @@ class OstreeContainer(Container):
 # --- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session", name="lab_repo")
-def lab_repo() -> Iterator[LabRepo]:
+def lab_repo(os_root: OsRoot) -> Iterator[LabRepo]:
+    """The lab's commits for one root (tests using it run once per root)."""
     if not ostree_available():
         pytest.skip("ostree / ostree-boot not installed (run scripts/setup)")
     work = Path(tempfile.mkdtemp(prefix="holdmount-ostree-repo-", dir=WORKDIR))
     try:
-        yield LabRepo.build(work)
+        yield LabRepo.build(work, os_root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -328,8 +346,15 @@ def sysroot_factory(lab_repo: LabRepo) -> Iterator[Callable[[], Sysroot]]:
 
 # --- holdmount in the container ----------------------------------------------------------------
 
-def holdmount_units() -> dict[str, str]:
-    """holdmount.service (+ holdmount-report.service) with ExecStart= on the checkout's venv."""
+def localize(text: str, root: OsRoot) -> str:
+    """Unit text with /usr/bin/holdmount replaced by the root's holdmount (the Debian 12 root
+    runs the checkout's venv; the Debian 13 root has /usr/bin/holdmount)."""
+    return re.sub(r"(?m)^(Exec\w*=.*?)/usr/s?bin/holdmount\b", rf"\g<1>{root.holdmount}",
+                  text)
+
+
+def holdmount_units(root: OsRoot = HOST_ROOT) -> dict[str, str]:
+    """holdmount.service (+ holdmount-report.service) with ExecStart= on the root's holdmount."""
     d = Path(os.environ.get(UNITS_ENV) or REPO / "units")
     service = d / "holdmount.service"
     if not service.exists():
@@ -338,18 +363,31 @@ def holdmount_units() -> dict[str, str]:
     for name in ("holdmount.service", "holdmount-report.service"):
         p = d / name
         if p.exists():
-            units[name] = re.sub(r"(?m)^(Exec\w*=.*?)/usr/s?bin/holdmount\b",
-                                 rf"\g<1>{HOLDMOUNT}", p.read_text())
+            units[name] = localize(p.read_text(), root)
     return units
+
+
+def install_holdmount_dropin(c: OstreeContainer) -> None:
+    """holdmount.service.d/50-ostree.conf: the package's part (under /etc here: the container's
+    /usr is the root's, read-only), not the switch's."""
+    c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
+                 (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
 
 
 def switch_on(c: OstreeContainer) -> str:
     """What an admin does (docs/ostree.md), offline on the deployment's /etc: the unit drop-in
-    (under /etc: the container's /usr is the host's, read-only), then `holdmount-ostree-switch
-    on` (config, masks of ostree's three units, enable)."""
-    c.write_file("/etc/systemd/system/holdmount.service.d/50-ostree.conf",
-                 (PACKAGING / "holdmount.service.d" / "50-ostree.conf").read_text())
+    (under /etc: the container's /usr is the root's, read-only), then `holdmount-ostree-switch
+    on` (config, ostree-finalize-staged.service drop-in, enable), its drop-in pointed at the
+    root's holdmount."""
+    install_holdmount_dropin(c)
     r = run([str(PACKAGING / "holdmount-ostree-switch"), "on", f"--root={c.deployment}"])
+    dropin = c.path(SWITCH_DROPIN)
+    dropin.write_text(localize(dropin.read_text(), c.os))
+    return r.stdout + r.stderr
+
+
+def switch_off(c: OstreeContainer) -> str:
+    r = run([str(PACKAGING / "holdmount-ostree-switch"), "off", f"--root={c.deployment}"])
     return r.stdout + r.stderr
 
 

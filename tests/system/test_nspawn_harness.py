@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container, ContainerError
+from nspawn import REPO, Container, ContainerError
 from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _rfixture  # noqa: F401  (registers the fixture)
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:
@@ -51,8 +53,8 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
-    c = container_factory("boot")
+def test_boots_systemd_as_pid1(root_container_factory: Factory) -> None:
+    c = root_container_factory("boot")
     c.boot()
     state = c.systemctl("is-system-running").stdout.strip()
     assert state in ("running", "degraded"), c.systemctl("--failed").stdout
@@ -66,11 +68,12 @@ def test_boots_systemd_as_pid1(container_factory: Factory) -> None:
     host_id = Path("/etc/machine-id").read_text().strip() \
         if Path("/etc/machine-id").exists() else ""
     assert c.exec(["cat", "/etc/machine-id"]).stdout.strip() not in ("", host_id)
-    # the project and its venv are visible at the same paths
+    # the checkout is visible at its own path, and the root's Python imports holdmount from it
     r = c.py("import holdmount, sys; print(holdmount.__file__)")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(Path(__file__).resolve().parents[2] / "holdmount" /
-                                   "__init__.py")
+    assert r.stdout.strip() == str(REPO / "holdmount" / "__init__.py")
+    r = c.exec([c.os.holdmount, "--version"])
+    assert r.returncode == 0 and "holdmount" in r.stdout, r
     # the container lives in our cgroup's payload, never in a host cgroup of its own
     cg = Path(f"/proc/{c.init_pid}/cgroup").read_text()
     assert f"/{c.cgroup.name}/payload" in cg, cg
@@ -155,8 +158,13 @@ def test_cleanup_leaves_nothing(container_factory: Factory) -> None:
     # a long-running process started through exec (in our cgroup, outside the container's)
     sleeper = c.cgroup.popen(["nsenter", "-t", str(c.init_pid), "-m", "-p", "--",
                               "sleep", "1000"])
-    pids = c.cgroup.pids() | {c.nspawn_pid, c.init_pid, c.keeper_pid, sleeper.pid}
-    assert len(pids) > 5
+
+    def ours() -> set[int]:
+        return c.cgroup.pids() | {c.nspawn_pid, c.init_pid, c.keeper_pid, sleeper.pid}
+
+    # nsenter -p forks `sleep` a moment later (under load: measurably later)
+    assert c.wait_for(lambda: len(ours()) > 5, 10), ours()
+    pids = ours()
     assert all(d.exists() for d in c.cgroup.dirs)
     c.cleanup()
     sleeper.wait(10)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from nspawn import container_factory as _factory  # noqa: F401  (registers the fixture)
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
 from ostree_lab import (
     FINALIZE_TIMEOUT_DROPIN,
     OSTREE_FINALIZE_UNIT,

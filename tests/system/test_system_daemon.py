@@ -1,4 +1,5 @@
-"""holdmount.service in a real systemd 252 (systemd-nspawn), with the project's own unit files.
+"""holdmount.service in a real systemd (systemd-nspawn), with the project's own unit files; on
+both roots: Debian 12 (systemd 252) and Debian 13 (systemd 257).
 
 One container root, three boots (each poweroff cycle takes seconds, so the checks are grouped):
 
@@ -24,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container
-from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
+from nspawn import HOST_ROOT, Container, OsRoot
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:
@@ -33,7 +35,7 @@ if shutil.which("systemd-nspawn") is None:
 
 Factory = Callable[..., Container]
 REPO = Path(__file__).resolve().parents[2]
-HM = str(REPO / ".venv" / "bin" / "holdmount")
+HM = HOST_ROOT.holdmount  # on Debian 12; Container.os.holdmount in general
 STAMP = "/var/lib/holdmount/failure.stamp"
 MARKER = "/run/hmt/staged"
 
@@ -79,19 +81,20 @@ timeout = "3s"
 """
 
 
-def dropin(unit: str) -> tuple[str, str]:
-    """Point ExecStart at the venv (the unit files name /usr/bin/holdmount)."""
+def dropin(unit: str, root: OsRoot = HOST_ROOT) -> tuple[str, str]:
+    """Point ExecStart at the root's holdmount (the unit files name /usr/bin/holdmount, which
+    the Debian 13 root has and the Debian 12 one runs from the checkout's venv)."""
     text = (REPO / "units" / unit).read_text()
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     return (f"{unit}.d/50-venv.conf",
-            f"[Service]\nExecStart=\n{exec_start.replace('/usr/bin/holdmount', HM)}\n")
+            f"[Service]\nExecStart=\n{exec_start.replace('/usr/bin/holdmount', root.holdmount)}\n")
 
 
-def make(container_factory: Factory) -> Container:
+def make(container_factory: Factory, root: OsRoot) -> Container:
     units = {name: (REPO / "units" / name).read_text()
              for name in ("holdmount.service", "holdmount@.service", "holdmount-report.service")}
-    units.update(dict(dropin(u) for u in ("holdmount.service", "holdmount@.service",
-                                          "holdmount-report.service")))
+    units.update(dict(dropin(u, root) for u in ("holdmount.service", "holdmount@.service",
+                                                "holdmount-report.service")))
     units.update({
         "hmt-held.automount": automount("/hmt/held"),
         "hmt-held.mount": bind_mount("/srv/hmt-store", "/hmt/held"),
@@ -110,7 +113,7 @@ def make(container_factory: Factory) -> Container:
 
 
 def status(c: Container) -> dict[str, object]:
-    r = c.exec([HM, "status", "--json"])
+    r = c.exec([c.os.holdmount, "status", "--json"])
     assert r.returncode == 0, r.stderr
     out: dict[str, object] = json.loads(r.stdout)
     return out
@@ -129,8 +132,8 @@ def lines_matching(log: str, pattern: str) -> list[int]:
     return [i for i, line in enumerate(log.splitlines()) if rx.search(line)]
 
 
-def test_holdmount_service_in_systemd(container_factory: Factory) -> None:
-    c = make(container_factory)
+def test_holdmount_service_in_systemd(root_container_factory: Factory, os_root: OsRoot) -> None:
+    c = make(root_container_factory, os_root)
 
     # --- boot 1 ---------------------------------------------------------------------------
     c.boot()

@@ -1,7 +1,8 @@
-"""The fd store in a real systemd 252 (systemd-nspawn): `kill -9` of the daemon does not let a
-held automount expire, because systemd keeps the held fd while the service waits to restart and
-hands it back (LISTEN_FDS); the new daemon adopts it before READY. With `fdstore = false` the
-same kill lets the automount expire during RestartSec= — the control case.
+"""The fd store in a real systemd (systemd-nspawn; 252 on Debian 12, 257 on Debian 13): `kill -9`
+of the daemon does not let a held automount expire, because systemd keeps the held fd while the
+service waits to restart and hands it back (LISTEN_FDS); the new daemon adopts it before READY.
+With `fdstore = false` the same kill lets the automount expire during RestartSec=
+— the control case.
 
 holdmount.service as shipped, plus a drop-in: the venv's holdmount, RestartSec=5s (longer than
 the automount's TimeoutIdleSec=2s, so an unheld mount expires meanwhile).
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container
-from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
-from test_system_daemon import HM, TMPFS, automount, dropin, status, unit_prop
+from nspawn import Container, OsRoot
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
+from test_system_daemon import TMPFS, automount, dropin, status, unit_prop
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:
@@ -27,9 +29,9 @@ Factory = Callable[..., Container]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make(container_factory: Factory, fdstore: bool) -> Container:
+def make(container_factory: Factory, root: OsRoot, fdstore: bool) -> Container:
     units = {"holdmount.service": (REPO / "units" / "holdmount.service").read_text()}
-    units.update([dropin("holdmount.service")])
+    units.update([dropin("holdmount.service", root)])
     units["holdmount.service.d/60-restart.conf"] = \
         "[Service]\nRestart=on-failure\nRestartSec=5s\n"
     units["hmt-held.automount"] = automount("/hmt/held")
@@ -42,9 +44,9 @@ def make(container_factory: Factory, fdstore: bool) -> Container:
 
 
 @pytest.mark.parametrize("fdstore", [True, False], ids=["fdstore", "no-fdstore"])
-def test_kill_9_does_not_let_the_held_automount_expire(container_factory: Factory,
-                                                       fdstore: bool) -> None:
-    c = make(container_factory, fdstore)
+def test_kill_9_does_not_let_the_held_automount_expire(root_container_factory: Factory,
+                                                       os_root: OsRoot, fdstore: bool) -> None:
+    c = make(root_container_factory, os_root, fdstore)
     c.boot()
     assert unit_prop(c, "holdmount.service", "ActiveState") == "active", \
         c.journal("-u", "holdmount.service")
@@ -79,4 +81,4 @@ def test_kill_9_does_not_let_the_held_automount_expire(container_factory: Factor
     # a clean stop empties the store (holds released at the end of the finalize)
     assert c.systemctl("stop", "holdmount.service").returncode == 0
     assert unit_prop(c, "holdmount.service", "NFileDescriptorStore") == "0"
-    assert c.exec([HM, "--version"]).returncode == 0
+    assert c.exec([c.os.holdmount, "--version"]).returncode == 0

@@ -26,9 +26,9 @@ NAMESPACING = ("PrivateTmp", "ProtectSystem", "ProtectHome", "ReadOnlyPaths", "R
 OBVIOUS = {"Description", "Documentation", "ExecStart", "WantedBy", "Type"}
 
 
-def directives(name: str) -> list[tuple[str, str, bool]]:
+def directives(name: str | Path) -> list[tuple[str, str, bool]]:
     """(key, value, commented) for each directive; commented = a comment line directly above
-    it (or above the run of directives it belongs to)."""
+    it (or above the run of directives it belongs to). NAME: a unit of units/, or a path."""
     out = []
     commented = False
     for line in (UNITS / name).read_text().splitlines():
@@ -55,6 +55,28 @@ def test_no_option_creates_a_mount_namespace(name: str) -> None:
 def test_every_non_obvious_directive_is_commented(name: str) -> None:
     bare = [k for k, _, commented in directives(name) if k not in OBVIOUS and not commented]
     assert not bare, f"{name}: directives without a comment saying why: {bare}"
+
+
+# drop-ins of the ostree integration (packaging/ostree/, docs/ostree.md)
+DROPINS = sorted((UNITS.parent / "packaging" / "ostree").glob("*.service.d/*.conf"))
+
+
+@pytest.mark.parametrize("path", DROPINS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_dropin_directive_is_commented(path: Path) -> None:
+    bare = [k for k, _, commented in directives(path) if not commented]
+    assert not bare, f"{path.name}: directives without a comment saying why: {bare}"
+
+
+def test_ostree_dropin_keeps_a_stop_command_and_orders_after_holdmount() -> None:
+    """systemd refuses a unit with no ExecStart=/ExecStop= (so staging on ostree >= 2025.2
+    would fail); the unit must stop before holdmount, which finalizes."""
+    path = UNITS.parent / "packaging/ostree/ostree-finalize-staged.service.d/50-holdmount.conf"
+    d: dict[str, list[str]] = {}
+    for k, v, _ in directives(path):
+        d.setdefault(k, []).append(v)
+    assert d["ExecStop"] == ["", "/bin/true"]
+    assert d["ExecStart"] == ["+/usr/bin/holdmount hold --until-pid 1 /boot"]
+    assert d["After"] == ["holdmount.service"] and d["Wants"] == ["holdmount.service"]
 
 
 def test_main_unit_ordering_and_restart_policy() -> None:
