@@ -366,3 +366,26 @@ def test_fuzz_strings_not_utf8(tmp_path: Path, entries: list[dict[str, Any]], ki
         return
     for problem in config.check(cfg):
         assert problem.code == Exit.CONFIG and problem.message.startswith("config(fuzz): ")
+
+
+def test_reading_the_configuration_imports_only_what_the_daemon_uses(tmp_path: Path) -> None:
+    """The daemon's start path (issue 15): the configuration, the records, errors, the kernel
+    wrappers and the hold engine load none of these modules at import (each costs the idle
+    daemon memory and start-up time); `tomllib` only once a file is parsed. `-S`: the venv's
+    site (its editable-install finder imports pathlib and re) is not the product."""
+    root = Path(config.__file__).resolve().parents[2]
+    conf = tmp_path / "h.toml"
+    conf.write_text('[daemon]\ntrigger_timeout = "5s"\n[[hold]]\npath = "/tmp"\n')
+    probe = f"""
+import sys
+from holdmount import config, errors, hold, marker, mounts, notify, paths, syscalls, timespan
+heavy = ("dataclasses", "inspect", "typing", "re", "pathlib", "tomllib", "json", "subprocess",
+         "datetime", "logging")
+c = config.load(config.default_files({str(tmp_path / "none.toml")!r}, {str(tmp_path / "conf.d")!r}))
+print(c.holds == () and "tomllib" not in sys.modules, *[m for m in heavy if m in sys.modules])
+c = config.load([{str(conf)!r}])
+print(c.daemon.trigger_timeout, c.holds[0].path, "tomllib" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout
+    assert out.splitlines() == ["True", "5.0 /tmp True"]
