@@ -9,8 +9,9 @@ Every section of every file is read even after an error, so one run reports them
 (`ConfigErrors`); a file is at most MAX_FILE_SIZE bytes and MAX_NESTING arrays/tables deep.
 
 The parts: `model` (the records and their defaults), `reader` (one file: size and nesting
-limits, TOML, typed keys), `dropins` (the set of files merged by identity: `load`), `check`
-(`daemon --check`: what only the running system can tell). Import from here.
+limits, TOML, typed keys), `isolated` (the TOML parse in a child: the daemon never holds
+tomllib), `dropins` (the set of files merged by identity: `load`), `check` (`daemon --check`:
+what only the running system can tell). Import from here.
 """
 
 from __future__ import annotations

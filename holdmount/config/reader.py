@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import math
 import os
+import sys
 
+from holdmount.config import isolated
 from holdmount.config.model import When
 from holdmount.errors import Exit, Failure
 from holdmount.timespan import parse_timespan
@@ -140,6 +142,8 @@ class Reader:
 
 
 def toml_type(value: object) -> str:
+    if isinstance(value, isolated.Opaque):  # a date or time parsed in the child
+        return value.type_name
     return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
@@ -173,7 +177,10 @@ def read_file(path: str) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise fail(path, "", f"not UTF-8 (byte {e.start})") from None
-    return parse(path, text)
+    if "tomllib" in sys.modules:  # paid for already (the CLI, tests): no child needed
+        return parse(path, text)
+    doc: dict[str, Any] = isolated.run(parse, path, text)  # the daemon: no tomllib kept
+    return doc
 
 
 def parse(file: str, text: str) -> dict[str, Any]:

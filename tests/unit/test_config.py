@@ -371,7 +371,8 @@ def test_fuzz_strings_not_utf8(tmp_path: Path, entries: list[dict[str, Any]], ki
 def test_reading_the_configuration_imports_only_what_the_daemon_uses(tmp_path: Path) -> None:
     """The daemon's start path (issue 15): the configuration, the records, errors, the kernel
     wrappers and the hold engine load none of these modules at import (each costs the idle
-    daemon memory and start-up time); `tomllib` only once a file is parsed. `-S`: the venv's
+    daemon memory and start-up time), and reading a file parses its TOML in a child, so the
+    daemon never holds `tomllib` (and the typing, re and datetime it imports). `-S`: the venv's
     site (its editable-install finder imports pathlib and re) is not the product."""
     root = Path(config.__file__).resolve().parents[2]
     conf = tmp_path / "h.toml"
@@ -384,8 +385,39 @@ heavy = ("dataclasses", "inspect", "typing", "re", "pathlib", "tomllib", "json",
 c = config.load(config.default_files({str(tmp_path / "none.toml")!r}, {str(tmp_path / "conf.d")!r}))
 print(c.holds == () and "tomllib" not in sys.modules, *[m for m in heavy if m in sys.modules])
 c = config.load([{str(conf)!r}])
-print(c.daemon.trigger_timeout, c.holds[0].path, "tomllib" in sys.modules)
+print(c.daemon.trigger_timeout, c.holds[0].path, *[m for m in heavy if m in sys.modules])
 """
     out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout
-    assert out.splitlines() == ["True", "5.0 /tmp True"]
+    assert out.splitlines() == ["True", "5.0 /tmp"]
+
+
+@pytest.mark.parametrize("doc", [
+    '[daemon]\nstamp = "/s"\ntrigger_timeout = "5s"\n[[hold]]\npath = "/boot"\nwhen = "always"\n',
+    '[daemon]\nstamp = 1979-05-27T07:32:00Z\n',  # a datetime where a path belongs
+    '[[action]]\nname = "a"\nexec = [1979-05-27, 07:32:00]\n',  # a date and a time
+    '[[hold]]\npath = "/x"\nwhen = 1979-05-27T07:32:00.999999-07:00\nprotect = [[1], {a = 2}]\n',
+    "[daemon\nstamp = ",  # a TOML syntax error: a Failure raised in the child
+    "a = " + "[" * 40 + "]" * 40 + "\n",  # nested too deep
+    "x = 1.5e3\ny = inf\nz = -0\nw = 'lit'\n[t.u]\nv = true\n",
+], ids=["valid", "datetime", "date-time", "offset", "syntax", "deep", "scalars"])
+def test_parsing_in_a_child_answers_as_parsing_here(doc: str) -> None:
+    """read_file parses in a child when the process has no tomllib yet (the daemon): the
+    document, or the error, is the same as parsing in this process, to the message; a date or
+    time arrives as its type's name and repr, all an error message says of it."""
+    from holdmount.config import isolated, reader
+
+    def outcome(run: Any) -> object:
+        try:
+            cfg: object = config.load(["f.toml"], reader=lambda f: run(reader.parse, f, doc))
+        except Failure as e:
+            return [(x.message, x.hint, x.code) for x in getattr(e, "errors", [e])]
+        return cfg
+
+    here = outcome(lambda fn, *args: fn(*args))
+    assert outcome(isolated.run) == here
+    try:
+        doc_here = reader.parse("f.toml", doc)
+    except Failure:
+        return  # compared above, as the error
+    assert repr(isolated.run(reader.parse, "f.toml", doc)) == repr(doc_here)
