@@ -82,7 +82,10 @@ def run(fn: Callable[..., Any], *args: object) -> Any:
     os.close(write_fd)
     with open(read_fd, "rb", closefd=True) as pipe:
         data = pipe.read()
-    os.waitpid(pid, 0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped already (SIGCHLD ignored): its answer is in `data`
+        pass
     try:
         answer = marshal.loads(data)
     except (EOFError, ValueError, TypeError):  # the child died before it answered

@@ -421,3 +421,39 @@ def test_parsing_in_a_child_answers_as_parsing_here(doc: str) -> None:
     except Failure:
         return  # compared above, as the error
     assert repr(isolated.run(reader.parse, "f.toml", doc)) == repr(doc_here)
+
+
+def test_a_child_that_cannot_answer_leaves_the_call_to_this_process() -> None:
+    """The child dies before answering (or the call raises something that is not a Failure):
+    the call runs here, so the answer, or the exception, is this process's own."""
+    from holdmount.config import isolated
+
+    me = os.getpid()
+
+    def dies_in_the_child() -> str:
+        if os.getpid() != me:
+            os._exit(3)
+        return "here"
+
+    assert isolated.run(dies_in_the_child) == "here"
+
+    def bug() -> None:
+        raise ValueError(f"in {'this process' if os.getpid() == me else 'the child'}")
+
+    with pytest.raises(ValueError, match="in this process"):
+        isolated.run(bug)
+
+
+def test_a_child_reaped_by_the_kernel_still_answers() -> None:
+    """With SIGCHLD ignored the kernel reaps the child itself (waitpid: ECHILD); what it wrote
+    before it exited is the answer."""
+    import signal
+
+    from holdmount.config import isolated
+
+    me = os.getpid()
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        assert isolated.run(lambda: "child" if os.getpid() != me else "here") == "child"
+    finally:
+        signal.signal(signal.SIGCHLD, old)
