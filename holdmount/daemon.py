@@ -872,7 +872,7 @@ class Daemon:
         return {"name": action.name, "kind": action.kind, "when": str(action.when),
                 "timeout": action.timeout,
                 "argv": list(action.exec) if action.exec else None,
-                "merge": dataclasses.asdict(action.merge) if action.merge else None,
+                "merge": record.asdict(action.merge) if action.merge else None,
                 "last": last}
 
 
@@ -932,7 +932,7 @@ def command(files: list[str] | None, *, no_config: bool = False, holds: Sequence
         files = default_files()
     cfg = (load_checked if check else load)(files, extra_holds=holds)
     if allow_foreign:
-        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(
+        cfg = record.replace(cfg, daemon=record.replace(
             cfg.daemon, allow_foreign_namespace=True))
     if check:
         print(f"configuration OK ({', '.join(cfg.files) or 'no files'}): {len(cfg.holds)} "

@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class Exit(enum.IntEnum):

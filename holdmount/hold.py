@@ -20,6 +20,7 @@ import os
 import time
 
 from holdmount import syscalls
+from holdmount.defaults import DEFAULT_TRIGGER_TIMEOUT as DEFAULT_TRIGGER_TIMEOUT  # re-export
 from holdmount.errors import Exit, Failure, os_failure
 from holdmount.mounts import MountTable
 from holdmount.record import Record, asdict, replace
@@ -28,8 +29,6 @@ from holdmount.trigger import open_dirs
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-DEFAULT_TRIGGER_TIMEOUT = 30.0
 
 
 class HoldInfo(Record):

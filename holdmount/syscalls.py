@@ -8,9 +8,10 @@ numbers we care about.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import os
+
+from holdmount.record import Record
 
 # --- kernel magic numbers (the one place for them) ----------------------------------------------
 # statfs.f_type values (linux/magic.h)
@@ -35,6 +36,14 @@ def _load_libc() -> ctypes.CDLL:
 _libc = _load_libc()
 
 
+def _errno_failure(filename: str | None = None) -> OSError:
+    """The OSError of the libc call that just failed (its errno), naming `filename` if given."""
+    err = ctypes.get_errno()
+    if filename is None:
+        return OSError(err, os.strerror(err))
+    return OSError(err, os.strerror(err), filename)
+
+
 class _Statfs(ctypes.Structure):
     # struct statfs on 64-bit Linux (all fields are words except f_fsid)
     _fields_ = [
@@ -53,8 +62,7 @@ class _Statfs(ctypes.Structure):
     ]
 
 
-@dataclasses.dataclass(frozen=True)
-class StatFs:
+class StatFs(Record):
     f_type: int
     bsize: int
     blocks: int
@@ -76,8 +84,7 @@ def fstatfs(fd: int) -> StatFs:
     """fstatfs(2); raises OSError with errno."""
     buf = _Statfs()
     if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise _errno_failure()
     return StatFs(
         f_type=buf.f_type & 0xFFFFFFFF,
         bsize=buf.f_bsize,
@@ -138,8 +145,7 @@ def syncfs(fd: int) -> None:
     Since Linux 5.8 it also reports writeback errors of that filesystem seen since `fd` was
     opened (sync(2) reports none). Raises OSError with errno."""
     if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise _errno_failure()
 
 
 # --- resolving below a directory fd without following symlinks (merge) ------------------------
@@ -161,8 +167,7 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
                        ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
+        raise _errno_failure(path)
     return int(fd)
 
 
@@ -211,11 +216,6 @@ IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 _INOTIFY_HEADER = 16  # struct inotify_event: int wd; u32 mask, cookie, len; char name[len]
 _INOTIFY_READ = 65536  # room for 240+ events with NAME_MAX names
-
-
-def _errno_failure(what: str) -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, os.strerror(err), what)
 
 
 def inotify_init() -> int:

@@ -366,3 +366,94 @@ def test_fuzz_strings_not_utf8(tmp_path: Path, entries: list[dict[str, Any]], ki
         return
     for problem in config.check(cfg):
         assert problem.code == Exit.CONFIG and problem.message.startswith("config(fuzz): ")
+
+
+def test_reading_the_configuration_imports_only_what_the_daemon_uses(tmp_path: Path) -> None:
+    """The daemon's start path (issue 15): the configuration, the records, errors, the kernel
+    wrappers and the hold engine load none of these modules at import (each costs the idle
+    daemon memory and start-up time), and reading a file parses its TOML in a child, so the
+    daemon never holds `tomllib` (and the typing, re and datetime it imports). `-S`: the venv's
+    site (its editable-install finder imports pathlib and re) is not the product."""
+    root = Path(config.__file__).resolve().parents[2]
+    conf = tmp_path / "h.toml"
+    conf.write_text('[daemon]\ntrigger_timeout = "5s"\n[[hold]]\npath = "/tmp"\n')
+    probe = f"""
+import sys
+from holdmount import config, errors, hold, marker, mounts, notify, paths, syscalls, timespan
+heavy = ("dataclasses", "inspect", "typing", "re", "pathlib", "tomllib", "json", "subprocess",
+         "datetime", "logging")
+c = config.load(config.default_files({str(tmp_path / "none.toml")!r}, {str(tmp_path / "conf.d")!r}))
+print(c.holds == () and "tomllib" not in sys.modules, *[m for m in heavy if m in sys.modules])
+c = config.load([{str(conf)!r}])
+print(c.daemon.trigger_timeout, c.holds[0].path, *[m for m in heavy if m in sys.modules])
+"""
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout
+    assert out.splitlines() == ["True", "5.0 /tmp"]
+
+
+@pytest.mark.parametrize("doc", [
+    '[daemon]\nstamp = "/s"\ntrigger_timeout = "5s"\n[[hold]]\npath = "/boot"\nwhen = "always"\n',
+    '[daemon]\nstamp = 1979-05-27T07:32:00Z\n',  # a datetime where a path belongs
+    '[[action]]\nname = "a"\nexec = [1979-05-27, 07:32:00]\n',  # a date and a time
+    '[[hold]]\npath = "/x"\nwhen = 1979-05-27T07:32:00.999999-07:00\nprotect = [[1], {a = 2}]\n',
+    "[daemon\nstamp = ",  # a TOML syntax error: a Failure raised in the child
+    "a = " + "[" * 40 + "]" * 40 + "\n",  # nested too deep
+    "x = 1.5e3\ny = inf\nz = -0\nw = 'lit'\n[t.u]\nv = true\n",
+], ids=["valid", "datetime", "date-time", "offset", "syntax", "deep", "scalars"])
+def test_parsing_in_a_child_answers_as_parsing_here(doc: str) -> None:
+    """read_file parses in a child when the process has no tomllib yet (the daemon): the
+    document, or the error, is the same as parsing in this process, to the message; a date or
+    time arrives as its type's name and repr, all an error message says of it."""
+    from holdmount.config import isolated, reader
+
+    def outcome(run: Any) -> object:
+        try:
+            cfg: object = config.load(["f.toml"], reader=lambda f: run(reader.parse, f, doc))
+        except Failure as e:
+            return [(x.message, x.hint, x.code) for x in getattr(e, "errors", [e])]
+        return cfg
+
+    here = outcome(lambda fn, *args: fn(*args))
+    assert outcome(isolated.run) == here
+    try:
+        doc_here = reader.parse("f.toml", doc)
+    except Failure:
+        return  # compared above, as the error
+    assert repr(isolated.run(reader.parse, "f.toml", doc)) == repr(doc_here)
+
+
+def test_a_child_that_cannot_answer_leaves_the_call_to_this_process() -> None:
+    """The child dies before answering (or the call raises something that is not a Failure):
+    the call runs here, so the answer, or the exception, is this process's own."""
+    from holdmount.config import isolated
+
+    me = os.getpid()
+
+    def dies_in_the_child() -> str:
+        if os.getpid() != me:
+            os._exit(3)
+        return "here"
+
+    assert isolated.run(dies_in_the_child) == "here"
+
+    def bug() -> None:
+        raise ValueError(f"in {'this process' if os.getpid() == me else 'the child'}")
+
+    with pytest.raises(ValueError, match="in this process"):
+        isolated.run(bug)
+
+
+def test_a_child_reaped_by_the_kernel_still_answers() -> None:
+    """With SIGCHLD ignored the kernel reaps the child itself (waitpid: ECHILD); what it wrote
+    before it exited is the answer."""
+    import signal
+
+    from holdmount.config import isolated
+
+    me = os.getpid()
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        assert isolated.run(lambda: "child" if os.getpid() != me else "here") == "child"
+    finally:
+        signal.signal(signal.SIGCHLD, old)
