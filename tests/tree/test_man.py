@@ -5,7 +5,7 @@ subsection `.SS "holdmount VERB ..."` under COMMANDS, and its `.TP` entries name
 options `holdmount VERB --help` has (with the same metavar, and the default of a time span).
 holdmount.toml(5): every key the config loader accepts, per table, is documented (and no key
 it rejects); the schema is read from the loader's own "known keys" answer to an unknown key, so
-a key added to holdmount/config.py without docs fails here. Both pages pass mandoc -Tlint and
+a key added to holdmount/config/ without docs fails here. Both pages pass mandoc -Tlint and
 groff -ww, and the examples in holdmount.toml(5) load.
 """
 
