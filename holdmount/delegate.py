@@ -139,7 +139,7 @@ def connect(path: str | None, mode: str) -> Delegation | None:
 
 def _info(h: dict[str, Any], path: str) -> HoldInfo:
     """The daemon's details of a hold; the path is ours (a reply shows a byte that is not
-    UTF-8 as \\xNN: control.py)."""
+    UTF-8 as \\xNN: control/wire.py)."""
     with contextlib.suppress(TypeError, KeyError):
         return HoldInfo(**{**h["info"], "path": path})
     raise Failure(f"hold: the daemon's reply lacks the hold's details: {str(h)[:80]}",

@@ -26,30 +26,25 @@ Protocol (version 1):
   closes them); `Client.call_fds` receives them close-on-exec.
 
 The parts: `wire` (the format, shared), `server` (connections, ops by name, the error
-boundary), `admission` (who may connect), `listen` (the socket file), `client`. Their public
-names are importable from here.
+boundary), `admission` (who may connect), `listen` (the socket file), `client`. What other
+modules use is importable from here.
 """
 
-from holdmount.control.admission import DEFAULT_PER_UID, MAX_CONNECTIONS
-from holdmount.control.client import CLIENT_TIMEOUT, Client, refusal, request
+from __future__ import annotations
+
+from holdmount.control.client import Client, refusal, request
 from holdmount.control.server import Connection, Request, Server
 from holdmount.control.wire import (
-                                    MAX_FDS,
-                                    MAX_MESSAGE,
-                                    MAX_REPLY,
-                                    PROTOCOL,
-                                    REPLY_FDS,
-                                    Peer,
-                                    RequestError,
-                                    decode,
-                                    encode,
-                                    encode_request,
-                                    peer_groups,
-                                    peer_of,
-                                    text,
+    MAX_MESSAGE,
+    MAX_REPLY,
+    PROTOCOL,
+    REPLY_FDS,
+    Peer,
+    RequestError,
+    encode,
+    encode_request,
 )
 
-__all__ = ["CLIENT_TIMEOUT", "DEFAULT_PER_UID", "MAX_CONNECTIONS", "MAX_FDS", "MAX_MESSAGE",
-           "MAX_REPLY", "PROTOCOL", "REPLY_FDS", "Client", "Connection", "Peer", "Request",
-           "RequestError", "Server", "decode", "encode", "encode_request", "peer_groups",
-           "peer_of", "refusal", "request", "text"]
+__all__ = ["MAX_MESSAGE", "MAX_REPLY", "PROTOCOL", "REPLY_FDS", "Client",
+           "Connection", "Peer", "Request", "RequestError", "Server", "encode",
+           "encode_request", "refusal", "request"]
