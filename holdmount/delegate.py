@@ -32,10 +32,6 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
 
-def socket_path(explicit: str | None = None) -> str:
-    return control_socket(explicit)
-
-
 def open_proof(path: str) -> int:
     """An O_PATH fd of `path`: proves we can reach it; never triggers an automount."""
     try:
@@ -51,7 +47,7 @@ class Delegation:
     it closes. Use as a context manager."""
 
     def __init__(self, path: str | None = None) -> None:
-        self.path = socket_path(path)
+        self.path = control_socket(path)
         self.client = control.Client(self.path)
 
     def __enter__(self) -> Delegation:
