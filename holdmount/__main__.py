@@ -7,7 +7,7 @@ an abbreviation, an error), goes through argparse, which also gives every usage 
 `holdmount daemon` blocks SIGTERM, SIGINT and SIGHUP here, before any other import: a stop
 request that comes while the interpreter is still importing stays pending instead of killing
 the process, and the daemon's loop takes it (and finalizes) once its handlers are in place
-(holdmount.daemon.Signals unblocks them). A signal that comes before this line runs — while the
+(holdmount.signals.Signals unblocks them). A signal that comes before this line runs — while the
 interpreter itself starts — can only be kept by blocking it before exec (docs/daemon.md).
 """
 

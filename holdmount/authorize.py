@@ -20,6 +20,10 @@ Root may ask for any path. A non-root client must prove, with fds the kernel mad
    SO_PEERCRED/SO_PEERGROUPS at connect time) and reopens the held fd through
    /proc/self/fd/N with `O_RDONLY|O_DIRECTORY`. That is the kernel's own permission check
    (mode, ACLs, LSMs) on the real directory — no re-implementation of it here.
+
+A refusal is a `Failure` whose code is the sysexits number the client gets (the caller turns it
+into the control socket's refusal); the client's credentials are anything with `uid`, `gid`
+and `groups` (the control socket's peer).
 """
 
 from __future__ import annotations
@@ -32,9 +36,22 @@ import stat
 import time
 
 from holdmount import syscalls
-from holdmount.control import Peer, RequestError
-from holdmount.errors import Exit
+from holdmount.errors import Exit, Failure
 from holdmount.mounts import MountTable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Protocol
+
+    class Credentials(Protocol):
+        """Whose permission is checked: the peer's, as the kernel recorded it at connect."""
+
+        @property
+        def uid(self) -> int: ...
+        @property
+        def gid(self) -> int: ...
+        @property
+        def groups(self) -> tuple[int, ...]: ...
 
 CHECK_TIMEOUT = 5.0  # the reopen does not trigger (the fd is on the mounted fs): seconds
 
@@ -46,14 +63,14 @@ def check_identity(path: str, client_fd: int, table: MountTable) -> bool:
         cst = os.fstat(client_fd)
         cfs = syscalls.fstatfs(client_fd)
     except OSError as e:
-        raise RequestError(f"fstat(fd for {path}): {os.strerror(e.errno or 0)}",
+        raise Failure(f"fstat(fd for {path}): {os.strerror(e.errno or 0)}",
                            code=Exit.DATAERR) from None
     if not stat.S_ISDIR(cst.st_mode):
-        raise RequestError(f"{path}: the fd passed for it is not a directory", code=Exit.DATAERR)
+        raise Failure(f"{path}: the fd passed for it is not a directory", code=Exit.DATAERR)
     try:
         hfd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # O_PATH: never triggers
     except OSError as e:
-        raise RequestError(f"open({path}): {os.strerror(e.errno or 0)} (in the daemon's mount "
+        raise Failure(f"open({path}): {os.strerror(e.errno or 0)} (in the daemon's mount "
                            "namespace)", code=Exit.NOINPUT) from None
     try:
         hst = os.fstat(hfd)
@@ -70,7 +87,7 @@ def check_identity(path: str, client_fd: int, table: MountTable) -> bool:
         if any(m.is_autofs and m.dev == dev and m.autofs_kind in ("direct", "offset")
                for m in table.at(resolved)):
             return True
-    raise RequestError(
+    raise Failure(
         f"{path}: the fd passed for it is not that directory as the daemon sees it "
         f"(dev:ino {_id(cst)} vs {_id(hst)})",
         code=Exit.NOPERM)
@@ -80,11 +97,11 @@ def check_mounted_root(path: str, client_fd: int, held_fd: int) -> None:
     """When the client's fd was on the real filesystem, the hold must be the same directory."""
     cst, hst = os.fstat(client_fd), os.fstat(held_fd)
     if (cst.st_dev, cst.st_ino) != (hst.st_dev, hst.st_ino):
-        raise RequestError(f"{path}: changed while taking the hold (dev:ino {_id(cst)} vs "
+        raise Failure(f"{path}: changed while taking the hold (dev:ino {_id(cst)} vs "
                            f"{_id(hst)})", code=Exit.TEMPFAIL)
 
 
-def check_may_read(path: str, held_fd: int, peer: Peer, *,
+def check_may_read(path: str, held_fd: int, peer: Credentials, *,
                    timeout: float = CHECK_TIMEOUT) -> None:
     """Refuse unless the peer's credentials may open the held directory O_RDONLY."""
     pid = os.fork()
@@ -109,12 +126,12 @@ def check_may_read(path: str, held_fd: int, peer: Peer, *,
     if code == 0:
         return
     if code in (errno.EACCES, errno.EPERM):
-        raise RequestError(f"open({path}): Permission denied for uid {peer.uid}: a non-root "
+        raise Failure(f"open({path}): Permission denied for uid {peer.uid}: a non-root "
                            "client may hold only a directory it could open itself",
                            code=Exit.NOPERM)
     reason = "no answer in time" if code < 0 else \
         os.strerror(code) if code < 126 else "internal error"
-    raise RequestError(f"open({path}) as uid {peer.uid}: {reason}", code=Exit.NOPERM)
+    raise Failure(f"open({path}) as uid {peer.uid}: {reason}", code=Exit.NOPERM)
 
 
 def _wait_bounded(pid: int, timeout: float) -> int:

@@ -32,10 +32,6 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
 
-def socket_path(explicit: str | None = None) -> str:
-    return control_socket(explicit)
-
-
 def open_proof(path: str) -> int:
     """An O_PATH fd of `path`: proves we can reach it; never triggers an automount."""
     try:
@@ -51,7 +47,7 @@ class Delegation:
     it closes. Use as a context manager."""
 
     def __init__(self, path: str | None = None) -> None:
-        self.path = socket_path(path)
+        self.path = control_socket(path)
         self.client = control.Client(self.path)
 
     def __enter__(self) -> Delegation:
@@ -139,7 +135,7 @@ def connect(path: str | None, mode: str) -> Delegation | None:
 
 def _info(h: dict[str, Any], path: str) -> HoldInfo:
     """The daemon's details of a hold; the path is ours (a reply shows a byte that is not
-    UTF-8 as \\xNN: control.py)."""
+    UTF-8 as \\xNN: control/wire.py)."""
     with contextlib.suppress(TypeError, KeyError):
         return HoldInfo(**{**h["info"], "path": path})
     raise Failure(f"hold: the daemon's reply lacks the hold's details: {str(h)[:80]}",

@@ -13,12 +13,8 @@ from holdmount.paths import control_socket
 STATUS_FORMAT = 1
 
 
-def socket_path(explicit: str | None = None) -> str:
-    return control_socket(explicit)
-
-
 def main(*, as_json: bool = False, socket: str | None = None) -> int:
-    reply = control.request(socket_path(socket), "status")
+    reply = control.request(control_socket(socket), "status")
     status = reply.get("status", {})
     if as_json:  # a stable interface: docs/json.md; bump the number only for incompatible changes
         print(json.dumps({"holdmount_status": STATUS_FORMAT, **status}, indent=2,

@@ -14,8 +14,9 @@ import pytest
 from daemon_harness import DaemonProc, NotifyListener, wait_for
 
 from holdmount import config, hold, notify
-from holdmount.daemon import Daemon, HeldPath
+from holdmount.daemon import Daemon
 from holdmount.errors import Failure
+from holdmount.held import HeldPath
 from holdmount.mounts import MountTable
 
 SYSTEMD_MAX = 4096  # systemd ignores a notify datagram of this many bytes or more
@@ -164,15 +165,15 @@ def test_start_batch_is_one_helper_per_protect_value(
     monkeypatch.setattr(MountTable, "read", classmethod(counting_read))
     daemon = Daemon(cfg, notify.Notifier({}), environ={})
     try:
-        daemon._take_all(daemon.holds, fatal=True)
+        daemon.configured.take_all(daemon.configured.holds, fatal=True)
         assert sorted(opens) == [50, 150], "one helper process per protect value"
         assert len(reads) == 2, "one mount-table read per batch, none per path"
-        assert all(h.hold is not None and h.error is None for h in daemon.holds)
-        assert all(h.hold is not None and h.hold.info.protected is h.config.protect
-                   for h in daemon.holds)
+        assert all(h.hold is not None and h.error is None for h in daemon.configured.holds)
+        assert all(h.hold is not None and h.hold.info.protected is h.protect
+                   for h in daemon.configured.holds)
     finally:
-        for h in daemon.holds:
-            daemon._release(h, stopping=True)
+        for h in daemon.configured.holds:
+            daemon.configured.release(h, stopping=True)
         daemon.selector.close()
 
 
@@ -244,11 +245,11 @@ def test_summary_names_at_most_three_paths(tmp_path: Path) -> None:
     cfg = config.loads(holds_toml([tmp_path / f"d{i}" for i in range(5)]))
     daemon = Daemon(cfg, notify.Notifier({}), environ={})
     try:
-        for h in daemon.holds:
+        for h in daemon.configured.holds:
             h.error = "x"
         assert daemon.summary() == (f"holding nothing; failed: {tmp_path}/d0, {tmp_path}/d1, "
                                     f"{tmp_path}/d2, and 2 more")
-        one: HeldPath = daemon.holds[0]
+        one: HeldPath = daemon.configured.holds[0]
         one.error = None
         one.hold = hold.Hold(-1, None)  # type: ignore[arg-type]
         assert daemon.summary().startswith(f"holding 1: {tmp_path}/d0; failed: {tmp_path}/d1")

@@ -14,10 +14,10 @@ import pytest
 
 from holdmount import finalize
 from holdmount.config import ActionConfig, MergeSpec, When
-from holdmount.daemon import Signals
 from holdmount.errors import Exit, Failure
 from holdmount.finalize import Finalizer, Result
 from holdmount.notify import Notifier
+from holdmount.signals import Signals
 
 
 def run_actions(*actions: ActionConfig) -> list[Result]:
