@@ -26,7 +26,7 @@ from holdmount.errors import Exit, Failure
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 # Variables that belong to this process only: never hand them to an action.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -62,20 +62,36 @@ def session(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[byt
     """`argv` in a new session and process group, output on one pipe (Popen.stdout), cwd /,
     an empty signal mask and the daemon's original RLIMIT_NOFILE. OSError when it cannot
     start."""
+    import resource
     import subprocess
 
     from holdmount import limits
 
+    def popen(reset: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, cwd="/", env=env, close_fds=True,
+            start_new_session=True,  # own session and process group: the daemon kills the group
+            preexec_fn=reset)
+
     nofile = limits.original_nofile()
-    masked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    # Popen resets neither: a function run in the child between fork and exec does (only when
-    # needed: without one, Popen uses vfork, which does not copy the daemon's page tables)
-    reset = None if nofile is None and not masked else lambda: _reset_child(nofile)
-    return subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        cwd="/", env=env, close_fds=True,
-        start_new_session=True,  # own session and process group: the daemon kills the group
-        preexec_fn=reset)
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):  # Popen keeps the mask: reset it there
+        return popen(lambda: _reset_child(nofile))
+    if nofile is None:
+        return popen()
+    # The child inherits the limit in force at fork: lowered for the moment of the spawn, so
+    # Popen can still vfork (a function run in the child makes it fork: +1.6 ms at SIGTERM).
+    # Only when the spawn's own pipes do not fit below it does the child lower it itself.
+    raised = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    try:
+        return popen()
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+    return popen(lambda: _reset_child(nofile))
 
 
 def _reset_child(nofile: tuple[int, int] | None) -> None:

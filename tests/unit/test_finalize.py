@@ -58,20 +58,30 @@ def test_environment_is_clean() -> None:
     assert "NOTIFY_SOCKET" not in env
 
 
+@pytest.mark.parametrize("case", ["raised", "raised, low fds taken", "signal blocked"])
 def test_action_gets_the_original_fd_limit_and_no_blocked_signal(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon raises its soft RLIMIT_NOFILE and may block signals: an action starts with
-    the limit the daemon was started with and an empty signal mask (holdmount.spawn)."""
+    the limit the daemon was started with and an empty signal mask (holdmount.spawn) — also
+    when every fd below that limit is in use, so the spawn cannot lower it around itself."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard:
         soft = max(64, hard // 2)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     monkeypatch.setattr(limits, "_original_nofile", None)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    taken: list[int] = []
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}
+                                      if case == "signal blocked" else set())
     try:
         assert limits.raise_nofile() == (hard, hard)
+        if case == "raised, low fds taken":
+            while not taken or taken[-1] < soft:
+                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
         (r,) = run_actions(sh("limits", "ulimit -n; grep ^SigBlk: /proc/self/status"))
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)  # ours: raised again
     finally:
+        for fd in taken:
+            os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert r.ok and r.output[0] == str(soft), r.output
