@@ -1,8 +1,9 @@
 """Entry point: parse, set up logging, dispatch, map failures to exit codes.
 
-`daemon` is read here without argparse or holdmount.cli (its start path imports only what it
-uses); anything else, and any daemon command line this reader does not take as it is (--help,
-an abbreviation, an error), goes through argparse, which also gives every usage message.
+`daemon`, `run`, `status` and `overlay changes` are read without argparse or holdmount.cli
+(holdmount.quickargs: their start paths import only what they use); anything else, and any such
+command line that reader does not take as it is (--help, an abbreviation, an error), goes
+through argparse, which also gives every usage message.
 
 `holdmount daemon` blocks SIGTERM, SIGINT and SIGHUP here, before any other import: a stop
 request that comes while the interpreter is still importing stays pending instead of killing
@@ -36,59 +37,45 @@ if _verb(sys.argv[1:]) == "daemon":
 
 from holdmount import log as logmod  # noqa: E402 - after the signals are blocked
 from holdmount.errors import Exit, Failure  # noqa: E402
-
-_DAEMON_FLAGS = {"--no-config": "no_config", "--allow-foreign-namespace": "allow_foreign",
-                 "--check": "check"}
-_DAEMON_LISTS = {"--config": "files", "--hold": "holds"}
+from holdmount.quickargs import Args  # noqa: E402
+from holdmount.quickargs import parse as parse_quick  # noqa: E402
 
 
-class _DaemonArgs:
-    __slots__ = ("allow_foreign", "check", "debug", "files", "holds", "no_config")
+def _daemon(args: Args) -> int:
+    from holdmount.daemon import command
 
-    def __init__(self) -> None:
-        self.debug = self.no_config = self.allow_foreign = self.check = False
-        self.files: list[str] = []
-        self.holds: list[str] = []
+    return command(args.config or None, no_config=args.no_config, holds=args.hold,
+                   allow_foreign=args.allow_foreign_namespace, check=args.check)
 
 
-def _daemon_args(argv: list[str]) -> _DaemonArgs | None:
-    """`[--debug] daemon [OPTION]...` read without argparse (the daemon's start path), or
-    None for anything else, which argparse reads (and explains: --help, errors, ...)."""
-    args = _DaemonArgs()
-    i = 0
-    while i < len(argv) and argv[i] == "--debug":
-        args.debug, i = True, i + 1
-    if argv[i:i + 1] != ["daemon"]:
-        return None
-    i += 1
-    while i < len(argv):
-        name, eq, value = argv[i].partition("=")
-        if name in _DAEMON_FLAGS and not eq:
-            setattr(args, _DAEMON_FLAGS[name], True)
-        elif name in _DAEMON_LISTS and (eq or i + 1 < len(argv)):
-            if not eq:
-                i, value = i + 1, argv[i + 1]
-            if value.startswith("-") or not value:
-                return None
-            getattr(args, _DAEMON_LISTS[name]).append(value)
-        else:
-            return None
-        i += 1
-    return args
+def _run(args: Args) -> int:
+    from holdmount.run import main
+
+    return main(args)
+
+
+def _status(args: Args) -> int:
+    from holdmount.status import main
+
+    return main(as_json=args.json, socket=args.socket)
+
+
+def _changes(args: Args) -> int:
+    from holdmount.overlay.changelist import main
+
+    return main(args.merged, as_json=args.json)
+
+
+_QUICK: dict[str, Callable[[Args], int]] = {"daemon": _daemon, "run": _run, "status": _status,
+                                            "changes": _changes}
 
 
 def _parse(argv: list[str]) -> tuple[bool, Callable[[], int]]:
-    """(debug, what to run): the daemon without argparse and cli, the rest through cli."""
-    fast = _daemon_args(argv)
-    if fast is not None:
-        def run() -> int:
-            from holdmount.daemon import command
-
-            assert fast is not None
-            return command(fast.files or None, no_config=fast.no_config, holds=fast.holds,
-                           allow_foreign=fast.allow_foreign, check=fast.check)
-
-        return fast.debug, run
+    """(debug, what to run): the common command lines without argparse and cli
+    (holdmount.quickargs), the rest through cli."""
+    quick = parse_quick(argv)
+    if quick is not None:
+        return bool(quick.debug), lambda: _QUICK[quick.verb](quick)
     from holdmount import cli
 
     args = cli.parse(argv)

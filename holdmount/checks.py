@@ -11,7 +11,10 @@ import os
 
 from holdmount import syscalls
 from holdmount.errors import Exit, Failure, os_failure
-from holdmount.hold import Hold
+
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from holdmount.hold import Hold
 
 PROBE_PREFIX = ".holdmount-probe."
 

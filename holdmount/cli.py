@@ -44,20 +44,9 @@ def _positive_span(value: str) -> float:
 # --- run --------------------------------------------------------------------------------------
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from holdmount.run import RunSpec, run
+    from holdmount.run import main  # __main__ runs it without argparse, too
 
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    return run(RunSpec(
-        paths=tuple(args.hold),
-        command=tuple(command),
-        protect=args.protect,
-        require_writable=args.require_writable,
-        require_exec=args.require_exec,
-        trigger_timeout=args.trigger_timeout,
-        delegate=args.delegate,
-    ))
+    return main(args)
 
 
 def _add_run(sub: Any) -> None:
@@ -180,17 +169,9 @@ def _add_merge(sub: Any) -> None:
 # --- overlay ----------------------------------------------------------------------------------
 
 def _cmd_overlay_changes(args: argparse.Namespace) -> int:
-    import json
+    from holdmount.overlay.changelist import main  # __main__ runs it without argparse, too
 
-    from holdmount.overlay import changes
-
-    result = changes(args.merged)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        for line in result.lines():
-            print(line)
-    return 0
+    return main(args.merged, as_json=args.json)
 
 
 def _add_overlay(sub: Any) -> None:
@@ -300,7 +281,7 @@ def _add_status(sub: Any) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from holdmount.finalize import report
+    from holdmount.stamp import report
 
     stamp = args.stamp or _load_config(args).daemon.stamp
     return report(stamp, as_json=args.json)

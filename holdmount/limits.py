@@ -21,14 +21,25 @@ RESERVE_BASE = 32  # fds kept for the finalize: an action needs ~6 (pipes, pidfd
 RESERVE_PER_HOLD = 2  # and each configured hold taken at SIGTERM one fd plus its helper's pipe
 
 
+_original_nofile: tuple[int, int] | None = None  # before raise_nofile raised it
+
+
 def raise_nofile() -> tuple[int, int]:
     """Soft RLIMIT_NOFILE up to the hard one; returns the (soft, hard) now in force."""
+    global _original_nofile
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            _original_nofile = (soft, hard)
             soft = hard
     return soft, hard
+
+
+def original_nofile() -> tuple[int, int] | None:
+    """The RLIMIT_NOFILE this process started with, when raise_nofile changed it (a child
+    gets it back: holdmount.spawn); None when it did not."""
+    return _original_nofile
 
 
 class FdReserve:

@@ -17,14 +17,11 @@ TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as Tru
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-# Variables that belong to this process only: never hand them to children.
 SEND_TIMEOUT = 5.0  # a service manager that does not drain its socket must not stall our loop
 # systemd reads a notify message into a 4096-byte buffer and ignores a message that fills it
 # ("Received notify message exceeded maximum size"): a message must stay below this.
 MAX_MESSAGE = 4096
 ELLIPSIS = "…"
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-               "LISTEN_FDNAMES")
 
 
 class Notifier:
@@ -135,8 +132,3 @@ def _fd_array(fds: Sequence[int]) -> bytes:
     import array
 
     return array.array("i", fds).tobytes()
-
-
-def child_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The environment for a child process: ours without the service-manager variables."""
-    return {k: v for k, v in environ.items() if k not in PRIVATE_ENV}

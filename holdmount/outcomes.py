@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from holdmount import record
 from holdmount.config import ActionConfig
 from holdmount.errors import Failure
-from holdmount.finalize import Result, clear_stamp, read_stamp, write_stamp
+from holdmount.finalize import Result
 from holdmount.log import log
+from holdmount.stamp import clear_stamp, read_stamp, write_stamp
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:  # annotations only

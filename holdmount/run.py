@@ -15,24 +15,27 @@ releases when `run` exits or its connection closes.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import os
 import signal
-import subprocess
-from collections.abc import Sequence
 
-from holdmount import checks, delegate, hold, syscalls, tmpfiles
+from holdmount import checks, hold, spawn, syscalls
 from holdmount.errors import Exit, Failure
 from holdmount.log import log
+from holdmount.paths import control_socket
+from holdmount.record import Record
+
+TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
+
+    from holdmount.delegate import Delegation
 
 FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                        signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT})
 SI_KERNEL = 0x80  # si_code of a signal the kernel generated (e.g. ^C from the terminal)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Record):
     paths: tuple[str, ...]
     command: tuple[str, ...]
     protect: bool = False
@@ -57,7 +60,7 @@ def prepare(spec: RunSpec) -> list[hold.Hold]:
     return holds
 
 
-def prepare_delegated(spec: RunSpec, d: delegate.Delegation) -> list[hold.Hold]:
+def prepare_delegated(spec: RunSpec, d: Delegation) -> list[hold.Hold]:
     """The daemon holds; the fds it hands back (its held directories) serve the checks."""
     want = spec.require_writable or spec.require_exec
     reply, holds = d.hold(spec.paths, protect=spec.protect, want_fds=want)
@@ -87,6 +90,10 @@ def check(spec: RunSpec, holds: list[hold.Hold]) -> None:
 
 def warn_unprotectable(holds: list[hold.Hold]) -> None:
     """A lock on the very directory a tmpfiles rule names protects nothing: say so."""
+    import subprocess  # only --protect needs these (P9: run's start)
+
+    from holdmount import tmpfiles
+
     try:
         rules = tmpfiles.load()  # one `systemd-tmpfiles --cat-config` for all holds
     except (OSError, subprocess.SubprocessError) as e:  # no systemd-tmpfiles: nothing to say
@@ -97,25 +104,6 @@ def warn_unprotectable(holds: list[hold.Hold]) -> None:
             log.warning("--protect on %s protects nothing from %s:%d (%s): tmpfiles skips "
                         "locked directories only below the directory a rule names; hold a "
                         "subdirectory", h.info.path, rule.file, rule.line, rule.text)
-
-
-_EXEC_HINTS = {
-    errno.EACCES: "found, but not a program this user may run: a directory, a file without "
-    "the execute bit, or on a noexec mount",
-    errno.ENOEXEC: "not a program the kernel can start: a script needs a #! line, or run it "
-    "through its interpreter",
-}
-
-
-def spawn(command: Sequence[str]) -> int:
-    try:
-        return os.posix_spawnp(command[0], list(command), os.environ,
-                               setsigmask=(), setsigdef=FORWARDED | {signal.SIGCHLD})
-    except OSError as e:
-        missing = e.errno in (errno.ENOENT, errno.ENOTDIR)
-        raise Failure(f"execvp({command[0]}): {os.strerror(e.errno or 0)}",
-                      hint=_EXEC_HINTS.get(e.errno or 0, "check the command name and PATH"),
-                      code=Exit.NOT_FOUND if missing else Exit.CANNOT_EXEC) from e
 
 
 def wait_forwarding(pid: int) -> int:
@@ -138,6 +126,17 @@ def wait_forwarding(pid: int) -> int:
             pass
 
 
+def _delegation(spec: RunSpec) -> Delegation | None:
+    """The daemon's connection when it is to hold the paths (holdmount.delegate.connect)."""
+    if not spec.paths or spec.delegate == "never":
+        return None
+    if spec.delegate == "auto" and not os.path.lexists(control_socket(spec.socket)):
+        return None  # no socket, nobody to ask: connect would say so after importing the client
+    from holdmount import delegate
+
+    return delegate.connect(spec.socket, spec.delegate)
+
+
 def run(spec: RunSpec) -> int:
     if not spec.command:
         raise Failure("run: no command given", hint="holdmount run --hold DIR -- COMMAND [ARG...]",
@@ -145,7 +144,7 @@ def run(spec: RunSpec) -> int:
     if spec.delegate not in DELEGATE_MODES:
         raise Failure(f"run: --delegate {spec.delegate}: use auto, always or never",
                       code=Exit.USAGE)
-    delegation = delegate.connect(spec.socket, spec.delegate) if spec.paths else None
+    delegation = _delegation(spec)
     try:
         if delegation is not None:
             holds = prepare_delegated(spec, delegation)
@@ -155,7 +154,7 @@ def run(spec: RunSpec) -> int:
             holds = prepare(spec)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED | {signal.SIGCHLD})
         try:
-            pid = spawn(spec.command)
+            pid = spawn.foreground(spec.command, FORWARDED | {signal.SIGCHLD})
             return wait_forwarding(pid)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -163,3 +162,19 @@ def run(spec: RunSpec) -> int:
     finally:
         if delegation is not None:
             delegation.close()  # the daemon ends the lease
+
+
+def main(args: Any) -> int:
+    """`holdmount run` from its parsed options (cli's argparse.Namespace or quickargs.Args)."""
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return run(RunSpec(
+        paths=tuple(args.hold),
+        command=tuple(command),
+        protect=args.protect,
+        require_writable=args.require_writable,
+        require_exec=args.require_exec,
+        trigger_timeout=args.trigger_timeout,
+        delegate=args.delegate,
+    ))

@@ -13,12 +13,13 @@ Facts this module encodes (systemd 252, measured; docs/doctor.md lists them with
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+
+from holdmount.record import Record, asdict
 
 # Types whose age field makes --clean remove old entries below the path.
 AGE_TYPES = frozenset("dDevqQC")
@@ -28,8 +29,7 @@ DEFAULT_AGE_BY_FILE = "abcm"
 DEFAULT_AGE_BY_DIR = "ABM"
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     type: str  # the type letter, without modifiers (! - = ~ ^ +)
     path: str
     age: str  # as written, "-" when none
@@ -82,7 +82,7 @@ class Rule:
 
     def as_dict(self) -> dict[str, object]:
         files, dirs = self.effective_age_by
-        return {**dataclasses.asdict(self), "age_by": self.age_by, "age_span": self.age_span,
+        return {**asdict(self), "age_by": self.age_by, "age_span": self.age_span,
                 "age_by_files": files, "age_by_dirs": dirs}
 
 
@@ -183,8 +183,7 @@ def _self_and_ancestors(path: str) -> list[str]:
 
 # --- what protects a path from a rule ------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Flock:
+class Flock(Record):
     """One BSD flock from /proc/locks (device as major/minor, inode)."""
 
     pid: int
@@ -217,8 +216,7 @@ def read_flocks(text: str | None = None) -> list[Flock]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Coverage:
+class Coverage(Record):
     """A cleaning rule that reaches `path`, and what (if anything) exempts it."""
 
     rule: Rule

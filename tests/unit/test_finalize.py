@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import selectors
 import signal
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from holdmount import finalize
+from holdmount import finalize, limits, stamp
 from holdmount.config import ActionConfig, MergeSpec, When
 from holdmount.errors import Exit, Failure
 from holdmount.finalize import Finalizer, Result
@@ -57,6 +58,36 @@ def test_environment_is_clean() -> None:
     assert "NOTIFY_SOCKET" not in env
 
 
+@pytest.mark.parametrize("case", ["raised", "raised, low fds taken", "signal blocked"])
+def test_action_gets_the_original_fd_limit_and_no_blocked_signal(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon raises its soft RLIMIT_NOFILE and may block signals: an action starts with
+    the limit the daemon was started with and an empty signal mask (holdmount.spawn) — also
+    when every fd below that limit is in use, so the spawn cannot lower it around itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        soft = max(64, hard // 2)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    monkeypatch.setattr(limits, "_original_nofile", None)
+    taken: list[int] = []
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}
+                                      if case == "signal blocked" else set())
+    try:
+        assert limits.raise_nofile() == (hard, hard)
+        if case == "raised, low fds taken":
+            while not taken or taken[-1] < soft:
+                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        (r,) = run_actions(sh("limits", "ulimit -n; grep ^SigBlk: /proc/self/status"))
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)  # ours: raised again
+    finally:
+        for fd in taken:
+            os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert r.ok and r.output[0] == str(soft), r.output
+    assert r.output[1].split() == ["SigBlk:", "0000000000000000"], r.output
+
+
 def test_exec_failure_is_a_result() -> None:
     (r,) = run_actions(ActionConfig(name="x", exec=("/nonexistent/prog",), when=When.ALWAYS))
     assert not r.ok and r.status == "exec(/nonexistent/prog): No such file or directory"
@@ -92,19 +123,19 @@ def test_merge_action_runs_the_merge_verb(tmp_path: Path) -> None:
 def test_stamp_roundtrip_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "lib" / "stamp")
     fail = Result("fin", False, "exit status 2", exit_code=2, output=("boom",))
-    assert finalize.report(path) == 0
-    finalize.write_stamp(path, [fail])
-    data = finalize.read_stamp(path)
+    assert stamp.report(path) == 0
+    stamp.write_stamp(path, [fail])
+    data = stamp.read_stamp(path)
     assert data is not None and data["failures"][0]["name"] == "fin"
-    lines = finalize.render_stamp(path, data)
+    lines = stamp.render_stamp(path, data)
     assert lines[0].startswith("action fin failed at shutdown (") and lines[1] == "  | boom"
-    assert finalize.report(path) == 1
-    assert finalize.clear_stamp(path) and not finalize.clear_stamp(path)
+    assert stamp.report(path) == 1
+    assert stamp.clear_stamp(path) and not stamp.clear_stamp(path)
     Path(path).write_text("garbage")  # not a stamp: 65 (still a failed report unit)
     with pytest.raises(Failure) as e:
-        finalize.report(path)
+        stamp.report(path)
     assert e.value.code == Exit.DATAERR and "not a holdmount failure stamp" in e.value.message
-    damaged = finalize.read_stamp(path)  # the daemon's status still shows a failure
+    damaged = stamp.read_stamp(path)  # the daemon's status still shows a failure
     assert damaged is not None and damaged["failures"][0]["status"] == "unreadable stamp (not JSON)"
     assert json.loads(json.dumps(fail.as_dict()))["output"] == ["boom"]
 

@@ -7,7 +7,8 @@ import socket
 import uuid
 from pathlib import Path
 
-from holdmount.notify import Notifier, child_environ
+from holdmount.notify import Notifier
+from holdmount.spawn import child_environ
 
 
 def listener(address: str) -> socket.socket:
