@@ -86,8 +86,6 @@ class Daemon:
         with self.signals, contextlib.ExitStack() as cleanup:
             cleanup.callback(self._cleanup)
             limits.raise_nofile()
-            self.reserve = limits.FdReserve(limits.RESERVE_BASE + limits.RESERVE_PER_HOLD
-                                            * len(self.configured.holds))
             self.selector.register(self.signals.rfd, selectors.EVENT_READ, self._on_signal)
             self.start()
             return self.loop()
@@ -151,6 +149,10 @@ class Daemon:
         self.selector.register(self.watcher.fileno(), selectors.EVENT_READ, self._on_mounts)
         if self.watchdog_interval:
             self.next_watchdog = time.monotonic() + self.watchdog_interval
+        # The finalize's fds, taken after the holds held from boot (they are open already) and
+        # before the loop serves any client: the staged holds and the actions need them at SIGTERM.
+        staged = sum(1 for h in self.configured.holds if h.when is When.STAGED)
+        self.reserve = limits.FdReserve(limits.RESERVE_BASE + limits.RESERVE_PER_HOLD * staged)
         self.state = State.RUNNING
         self.notifier.ready(self.summary())
         log.info("ready: %s", self.summary())

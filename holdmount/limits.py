@@ -18,7 +18,8 @@ import resource
 from collections.abc import Iterator
 
 RESERVE_BASE = 32  # fds kept for the finalize: an action needs ~6 (pipes, pidfd, exec)
-RESERVE_PER_HOLD = 2  # and each configured hold taken at SIGTERM one fd plus its helper's pipe
+RESERVE_PER_HOLD = 1  # and each staged hold (taken at SIGTERM if missing) its fd; the trigger
+# helper's socket for the batch is in the base. Holds held from boot are open already.
 
 
 _original_nofile: tuple[int, int] | None = None  # before raise_nofile raised it

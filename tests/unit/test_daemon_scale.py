@@ -256,3 +256,24 @@ def test_summary_names_at_most_three_paths(tmp_path: Path) -> None:
         one.hold = None
     finally:
         daemon.selector.close()
+
+
+def test_fd_reserve_leaves_room_for_every_hold_from_boot(tmp_path: Path) -> None:
+    """Under a hard RLIMIT_NOFILE of 700, 500 holds from boot plus the finalize's fd reserve
+    fit: the reserve is counted for the staged holds only and taken after the holds from boot
+    (sizing it by every configured hold, before taking them, made the daemon fail with EMFILE
+    at 10,000 holds under a hard limit of 20,000: found by bench/run P6)."""
+    import resource
+    import subprocess
+
+    def limited(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            *args, **kwargs,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700)))
+
+    dirs = many_dirs(tmp_path, 500)
+    with DaemonProc(tmp_path, holds_toml(dirs), popen=limited) as d:
+        d.wait_ready()
+        assert len(d.status()["holds"]) == 500
+        d.term()
+        assert d.wait() == 0, d.log()
