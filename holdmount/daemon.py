@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import selectors
 import signal
@@ -90,6 +91,19 @@ class Daemon:
             self.start()
             return self.loop()
 
+    def _take_from_boot(self) -> None:
+        holds = [h for h in self.configured.holds if h.when is When.ALWAYS]
+        try:
+            self.configured.take_all(holds, fatal=True)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            soft, hard = limits.raise_nofile()
+            die(f"open(): {os.strerror(e.errno)} taking {len(holds)} holds (RLIMIT_NOFILE "
+                f"{soft}/{hard})",
+                hint="the daemon keeps one fd per held path: raise LimitNOFILE= in a drop-in "
+                "for its unit, or hold fewer paths", code=Exit.CONFIG)
+
     def loop(self) -> int:
         """Sleep until an event source is readable; idle, nothing here has a timeout."""
         while self.state is not State.DONE:
@@ -140,8 +154,7 @@ class Daemon:
         if self.config.marker is not None:
             self.marker = MarkerWatch(self.config.marker.path)
             self.selector.register(self.marker.fileno(), selectors.EVENT_READ, self._on_marker)
-        self.configured.take_all([h for h in self.configured.holds if h.when is When.ALWAYS],
-                                 fatal=True)
+        self._take_from_boot()
         if self._armed():
             self._arm()
         self.stored.drop_unclaimed()

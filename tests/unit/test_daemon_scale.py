@@ -277,3 +277,23 @@ def test_fd_reserve_leaves_room_for_every_hold_from_boot(tmp_path: Path) -> None
         assert len(d.status()["holds"]) == 500
         d.term()
         assert d.wait() == 0, d.log()
+
+
+def test_more_holds_than_fds_is_a_configuration_error(tmp_path: Path) -> None:
+    """800 holds under a hard RLIMIT_NOFILE of 700: exit 78 (systemd does not restart it in a
+    loop) with one line naming the limit and a hint, not "internal error"."""
+    import resource
+    import subprocess
+
+    def limited(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            *args, **kwargs,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700)))
+
+    dirs = many_dirs(tmp_path, 800)
+    with DaemonProc(tmp_path, holds_toml(dirs), popen=limited) as d:
+        assert d.wait() == 78, d.log()
+        lines = d.log().splitlines()
+        assert lines[0] == ("holdmount: open(): Too many open files taking 800 holds "
+                            "(RLIMIT_NOFILE 700/700)"), lines
+        assert lines[1].startswith("hint: the daemon keeps one fd per held path"), lines
