@@ -83,6 +83,13 @@ def deb_field(deb: Path, field: str) -> str:
     return run(["dpkg-deb", "-f", str(deb), field]).stdout.strip()
 
 
+# the ostree integration (docs/ostree.md): the switch, the files it installs, holdmount's ordering
+OSTREE_FILES = ["usr/libexec/holdmount/holdmount-ostree-switch",
+                "usr/share/holdmount/ostree/holdmount-ostree.toml",
+                "usr/share/holdmount/ostree/ostree-finalize-staged.service.d/50-holdmount.conf",
+                "usr/lib/systemd/system/holdmount.service.d/50-ostree.conf"]
+
+
 def test_deb_installs_the_files(deb_root: Path) -> None:
     expect = ["usr/bin/holdmount",
               *(f"usr/lib/systemd/system/{u}" for u in UNITS),
@@ -91,6 +98,7 @@ def test_deb_installs_the_files(deb_root: Path) -> None:
               "usr/share/bash-completion/completions/holdmount",
               "usr/share/zsh/vendor-completions/_holdmount",
               "usr/share/doc/holdmount/examples/ostree.toml",
+              *OSTREE_FILES,
               "usr/lib/python3/dist-packages/holdmount/cli.py"]
     missing = [p for p in expect if not (deb_root / p).exists()]
     assert not missing, missing
@@ -188,7 +196,8 @@ def test_rpm_contents(rpm_file: Path) -> None:
                  "/usr/share/man/man8/holdmount.8", "/usr/share/man/man5/holdmount.toml.5",
                  "/usr/share/bash-completion/completions/holdmount",
                  "/usr/share/zsh/site-functions/_holdmount",
-                 "/usr/share/doc/holdmount/examples/ostree.toml"]:
+                 "/usr/share/doc/holdmount/examples/ostree.toml",
+                 *(f"/{p}" for p in OSTREE_FILES)]:
         assert any(f == path or f.startswith(path + ".") for f in files), path
     assert any(f.endswith("/holdmount/cli.py") for f in files)
     requires = run(["rpm", "-qp", "--requires", str(rpm_file)]).stdout
@@ -284,6 +293,7 @@ def test_arch_package_contents(arch_pkg: Path) -> None:
                  "usr/share/man/man8/holdmount.8.gz", "usr/share/man/man5/holdmount.toml.5.gz",
                  "usr/share/bash-completion/completions/holdmount",
                  "usr/share/zsh/site-functions/_holdmount",
+                 "usr/lib/holdmount/holdmount-ostree-switch", *OSTREE_FILES[1:],
                  "usr/share/doc/holdmount/examples/ostree.toml", ".PKGINFO"]:
         assert path in names, path
 
@@ -316,6 +326,10 @@ keepdir() { echo "keepdir $1"; }
 docinto() { DOCDIR=$1; }
 dodoc() { _need "$@"; for f in "$@"; do echo "doc $DOCDIR/$(basename "$f")"; done; }
 docompress() { :; }
+exeinto() { EXEDIR=$1; }
+doexe() { _need "$@"; for f in "$@"; do echo "exe $EXEDIR/$(basename "$f")"; done; }
+systemd_install_dropins() { local u=$1; shift; _need "$@"
+    for f in "$@"; do echo "dropin $u.d/$(basename "$f")"; done; }
 """
 
 
@@ -345,7 +359,11 @@ def test_ebuild_installs_existing_files() -> None:
     assert {"man holdmount.8", "man holdmount.toml.5", "bashcomp holdmount",
             "ins /usr/share/zsh/site-functions/_holdmount", "python_install_all",
             "ins /usr/lib/systemd/catalog/holdmount.catalog",
-            "doc examples/ostree.toml"} <= done
+            "doc examples/ostree.toml",
+            "exe /usr/libexec/holdmount/holdmount-ostree-switch",
+            "ins /usr/share/holdmount/ostree/holdmount-ostree.toml",
+            "ins /usr/share/holdmount/ostree/ostree-finalize-staged.service.d/50-holdmount.conf",
+            "dropin holdmount.service.d/50-ostree.conf"} <= done
 
 
 def test_ebuild_shellcheck() -> None:

@@ -37,6 +37,14 @@ python_install_all() {
 	insinto /usr/share/zsh/site-functions
 	doins completions/_holdmount
 	keepdir /etc/holdmount/conf.d
+	# the ostree integration (docs/ostree.md): holdmount-ostree-switch on|off and its files
+	exeinto /usr/libexec/holdmount
+	doexe packaging/ostree/holdmount-ostree-switch
+	insinto /usr/share/holdmount/ostree
+	doins packaging/ostree/holdmount-ostree.toml
+	insinto /usr/share/holdmount/ostree/ostree-finalize-staged.service.d
+	doins packaging/ostree/ostree-finalize-staged.service.d/50-holdmount.conf
+	systemd_install_dropins holdmount.service packaging/ostree/holdmount.service.d/50-ostree.conf
 	docinto examples
 	dodoc packaging/examples/*.toml
 	docompress -x "/usr/share/doc/${PF}/examples"
