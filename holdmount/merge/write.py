@@ -10,58 +10,19 @@ import errno
 import os
 import stat
 
-from holdmount.errors import Failure, os_failure
+from holdmount.errors import Failure
 from holdmount.merge import durable
+from holdmount.merge.entry import fail, set_meta, write_temp
 from holdmount.merge.model import Ident, Item, Op, ident, split, temp_name
 from holdmount.merge.tree import (
-    PATH_FLAGS,
-    RERUN_HINT,
     Tree,
     changed,
     check,
-    entry_path,
-    set_xattrs,
     xattrs,
 )
 
-_CHUNK = 1 << 20
 # xattr namespaces we own on existing DEST directories (others belong to the system: selinux...)
 _OWNED_XATTR_NS = ("user.", "trusted.")
-
-
-def fail(call: str, path: str, exc: OSError) -> Failure:
-    f = os_failure(call, path, exc)
-    return Failure(f.message, hint=f"{f.hint}; {RERUN_HINT}" if f.hint else RERUN_HINT,
-                   code=f.code)
-
-
-def copy_data(src_fd: int, dst_fd: int) -> None:
-    try:
-        while os.copy_file_range(src_fd, dst_fd, _CHUNK * 64):
-            pass
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
-                           errno.ENOTSUP, errno.EBADF):
-            raise
-    # the kernel cannot: copy by hand from wherever copy_file_range stopped
-    os.lseek(dst_fd, os.lseek(src_fd, 0, os.SEEK_CUR), os.SEEK_SET)
-    while True:
-        buf = os.read(src_fd, _CHUNK)
-        if not buf:
-            return
-        view = memoryview(buf)
-        while view:
-            view = view[os.write(dst_fd, view):]
-
-
-def _set_meta(fd: int, st: os.stat_result, want_xattrs: dict[str, bytes]) -> None:
-    """Owner, then mode (chown drops set-id bits), then xattrs (chown drops
-    security.capability), then times, all through `fd`."""
-    os.fchown(fd, st.st_uid, st.st_gid)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    set_xattrs(fd, want_xattrs)
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def unlink_quiet(name: str, dir_fd: int) -> None:
@@ -136,95 +97,18 @@ class Writer:
         self._enter(rel_dir)
         tmp = temp_name(name)
         try:
-            if stat.S_ISREG(item.st.st_mode):
-                self._write_regular(item, name, tmp)
-            elif stat.S_ISLNK(item.st.st_mode):
-                self._write_symlink(item, name, tmp)
-            else:
-                self._write_node(item, name, tmp)
+            got = write_temp(self.staged, self.cur_sfd, self.cur_dfd, item, name, tmp,
+                             where=self._tmp_path(tmp), sync=self.fs.per_file(self.cur_dev))
         except BaseException:
             unlink_quiet(tmp, self.cur_dfd)
             raise
+        if got is not None:
+            self.copies[item.rel] = got
         self._queue(_Pending(rel_dir, tmp, name, None),
                     item.st.st_size if stat.S_ISREG(item.st.st_mode) else 0)
 
     def _tmp_path(self, tmp: str) -> str:
         return os.path.join(self.dest.at(self.cur_rel or "."), tmp)
-
-    def _write_regular(self, item: Item, name: str, tmp: str) -> None:
-        sfd = self.staged.open_entry(self.cur_sfd, item.rel, name, item.st)
-        step = "create"
-        try:
-            dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600, dir_fd=self.cur_dfd)
-            try:
-                step = "copy_file_range"
-                copy_data(sfd, dfd)
-                step = "set metadata of"
-                _set_meta(dfd, item.st, xattrs(sfd))
-                if self.fs.per_file(self.cur_dev):
-                    step = "fsync"
-                    os.fsync(dfd)
-                if item.st.st_nlink > 1:
-                    self.copies[item.rel] = ident(os.fstat(dfd))
-            finally:
-                os.close(dfd)
-        except OSError as e:
-            raise fail(step, self._tmp_path(tmp), e) from e
-        finally:
-            os.close(sfd)
-
-    def _write_symlink(self, item: Item, name: str, tmp: str) -> None:
-        self.staged.lstat_entry(self.cur_sfd, item.rel, name, item.st)
-        spath = self.staged.at(item.rel)
-        try:
-            link = os.readlink(name, dir_fd=self.cur_sfd)
-            want = xattrs(entry_path(self.cur_sfd, name))
-        except OSError as e:
-            raise fail("readlink", spath, e) from e
-        try:
-            os.symlink(link, tmp, dir_fd=self.cur_dfd)
-            # a symlink has no fd to set metadata through: by name, never following it
-            os.chown(tmp, item.st.st_uid, item.st.st_gid, dir_fd=self.cur_dfd,
-                     follow_symlinks=False)
-            set_xattrs(entry_path(self.cur_dfd, tmp), want)
-            os.utime(tmp, ns=(item.st.st_atime_ns, item.st.st_mtime_ns), dir_fd=self.cur_dfd,
-                     follow_symlinks=False)
-            if item.st.st_nlink > 1:
-                self.copies[item.rel] = ident(os.stat(tmp, dir_fd=self.cur_dfd,
-                                                      follow_symlinks=False))
-        except OSError as e:
-            raise fail("symlink", self._tmp_path(tmp), e) from e
-
-    def _write_node(self, item: Item, name: str, tmp: str) -> None:
-        """A fifo or a device node: made with mknod, its metadata set through an O_PATH fd of
-        the node made (its /proc/self/fd link reaches that inode, never what the name holds)."""
-        self.staged.lstat_entry(self.cur_sfd, item.rel, name, item.st)
-        try:
-            want = xattrs(entry_path(self.cur_sfd, name))
-        except OSError as e:
-            raise fail("listxattr", self.staged.at(item.rel), e) from e
-        st = item.st
-        try:
-            os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=self.cur_dfd)
-            fd = os.open(tmp, PATH_FLAGS, dir_fd=self.cur_dfd)
-        except OSError as e:
-            raise fail("mknod", self._tmp_path(tmp), e) from e
-        try:
-            got = os.fstat(fd)
-            if stat.S_IFMT(got.st_mode) != stat.S_IFMT(st.st_mode) or got.st_uid != os.geteuid():
-                raise changed(self._tmp_path(tmp), "not the node just made")
-            proc = f"/proc/self/fd/{fd}"
-            os.chown(proc, st.st_uid, st.st_gid)
-            os.chmod(proc, stat.S_IMODE(st.st_mode))
-            set_xattrs(proc, want)
-            os.utime(proc, ns=(st.st_atime_ns, st.st_mtime_ns))
-            if st.st_nlink > 1:
-                self.copies[item.rel] = ident(got)
-        except OSError as e:
-            raise fail("set metadata of", self._tmp_path(tmp), e) from e
-        finally:
-            os.close(fd)
 
     def link(self, item: Item) -> None:
         """Queued: linked and renamed in order with the batch, after the first name's rename."""
@@ -361,7 +245,7 @@ class Writer:
                 for name in xattrs(dfd):
                     if name.startswith(_OWNED_XATTR_NS) and name not in want:
                         os.removexattr(dfd, name)
-                _set_meta(dfd, item.st, want)
+                set_meta(dfd, item.st, want)
             finally:
                 os.close(dfd)
         except OSError as e:
