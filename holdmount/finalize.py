@@ -18,7 +18,6 @@ import contextlib
 import os
 import selectors
 import signal
-import subprocess  # loaded before READY: imported at SIGTERM it would delay the first action
 import sys
 import time
 
@@ -70,12 +69,11 @@ def action_argv(action: ActionConfig) -> list[str]:
 class _Running:
     """One action's child: its pidfd, its output pipe and where it is in the kill sequence."""
 
-    def __init__(self, action: ActionConfig, proc: subprocess.Popen[bytes], pidfd: int) -> None:
+    def __init__(self, action: ActionConfig, child: spawn.Child, pidfd: int) -> None:
         self.action = action
-        self.proc = proc
+        self.pid = child.pid
         self.pidfd = pidfd
-        assert proc.stdout is not None
-        self.pipe = proc.stdout.fileno()
+        self.pipe = child.output
         os.set_blocking(self.pipe, False)
         self.started = time.time()
         self.deadline = time.monotonic() + action.timeout
@@ -139,14 +137,15 @@ class Finalizer:
     def _spawn(self, action: ActionConfig) -> None:
         env = spawn.child_environ(self.environ if self.environ is not None else os.environ)
         env["HOLDMOUNT_ACTION"] = action.name
-        proc = spawn.session(action_argv(action), env)
+        child = spawn.session(action_argv(action), env)
         try:
-            pidfd = os.pidfd_open(proc.pid)
+            pidfd = os.pidfd_open(child.pid)
         except OSError:
-            proc.kill()
-            proc.wait()
+            os.killpg(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+            os.close(child.output)
             raise
-        run = _Running(action, proc, pidfd)
+        run = _Running(action, child, pidfd)
         self.current = run
         self.selector.register(run.pipe, selectors.EVENT_READ, self._on_output)
         self.selector.register(pidfd, selectors.EVENT_READ, self._on_exit)
@@ -194,10 +193,10 @@ class Finalizer:
         # The leader is a zombie now, so its pid (our process group id) cannot be reused yet:
         # end whatever it left behind in its group — leftovers would keep held mounts busy.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.proc.pid, signal.SIGKILL)
-        status = run.proc.wait()
+            os.killpg(run.pid, signal.SIGKILL)
+        _, status = os.waitpid(run.pid, 0)
         self._read(run)  # what is still in the pipe
-        self._finish(run, self._describe(run, status))
+        self._finish(run, self._describe(run, os.waitstatus_to_exitcode(status)))
 
     def _describe(self, run: _Running, code: int) -> Result:
         timed_out = run.phase != "running"
@@ -214,8 +213,7 @@ class Finalizer:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(fd)
         os.close(run.pidfd)
-        if run.proc.stdout is not None:
-            run.proc.stdout.close()
+        os.close(run.pipe)
         self.current = None
         _log_result(result)
         self.results.append(result)
@@ -238,7 +236,7 @@ class Finalizer:
             run.phase, run.deadline = "killing", now + ABANDON_GRACE
         else:
             log.error("action %s: pid %d did not die %gs after SIGKILL (stuck in the kernel?): "
-                      "giving up on it", run.action.name, run.proc.pid, ABANDON_GRACE)
+                      "giving up on it", run.action.name, run.pid, ABANDON_GRACE)
             self._read(run)
             self._finish(run, Result(
                 run.action.name, False,
@@ -249,7 +247,7 @@ class Finalizer:
     @staticmethod
     def _killpg(run: _Running, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.proc.pid, sig)
+            os.killpg(run.pid, sig)
 
 
 def _log_result(result: Result) -> None:

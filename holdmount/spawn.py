@@ -22,11 +22,11 @@ import os
 import signal
 
 from holdmount.errors import Exit, Failure
+from holdmount.record import Record
 
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
 # Variables that belong to this process only: never hand them to an action.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -58,46 +58,103 @@ def foreground(command: Sequence[str], default_signals: frozenset[int]) -> int:
                       code=Exit.NOT_FOUND if missing else Exit.CANNOT_EXEC) from e
 
 
-def session(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """`argv` in a new session and process group, output on one pipe (Popen.stdout), cwd /,
-    an empty signal mask and the daemon's original RLIMIT_NOFILE. OSError when it cannot
-    start."""
-    import resource
-    import subprocess
+class Child(Record):
+    """A started action: its pid (also its process group and session id) and the read end of
+    its output pipe (non-inheritable; the caller closes it)."""
+    pid: int
+    output: int
 
+
+def session(argv: Sequence[str], env: Mapping[str, str]) -> Child:
+    """`argv` (an absolute path first) in a new session and process group, stdin /dev/null,
+    stdout and stderr one pipe, cwd /, an empty signal mask, every signal at its default and
+    the daemon's original RLIMIT_NOFILE. OSError when it cannot start.
+
+    posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK), no copy of the daemon, no Python in the
+    child) rather than subprocess, which with the `locale`, `re` and `threading` it imports
+    would cost the idle daemon ~2 MiB. The child inherits the fd limit in force at the spawn,
+    so it is lowered around it — unless the spawn's own fds lie above that limit (glibc then
+    refuses the dup2 actions: a daemon holding thousands of paths has no low fd left), where a
+    fork of the daemon lowers it in the child instead (`_fork_exec`)."""
     from holdmount import limits
 
-    def popen(reset: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd="/", env=env, close_fds=True,
-            start_new_session=True,  # own session and process group: the daemon kills the group
-            preexec_fn=reset)
-
     nofile = limits.original_nofile()
-    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):  # Popen keeps the mask: reset it there
-        return popen(lambda: _reset_child(nofile))
-    if nofile is None:
-        return popen()
-    # The child inherits the limit in force at fork: lowered for the moment of the spawn, so
-    # Popen can still vfork (a function run in the child makes it fork: +1.6 ms at SIGTERM).
-    # Only when the spawn's own pipes do not fit below it does the child lower it itself.
-    raised = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return popen()
-    except OSError as e:
-        if e.errno != errno.EMFILE:
-            raise
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(devnull)
+        raise
+    try:
+        if nofile is None or max(devnull, rfd, wfd) < nofile[0]:
+            pid = _spawn(argv, env, (devnull, wfd, wfd), nofile)
+        else:
+            pid = _fork_exec(argv, env, (devnull, wfd, wfd), nofile)
+    except BaseException:
+        os.close(rfd)
+        raise
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, raised)
-    return popen(lambda: _reset_child(nofile))
+        os.close(wfd)
+        os.close(devnull)
+    return Child(pid, rfd)
 
 
-def _reset_child(nofile: tuple[int, int] | None) -> None:
-    """In the child between fork and exec: an empty signal mask, the original fd limit."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    if nofile is not None:
-        import resource  # loaded by holdmount.limits already: a dict lookup in the child
+def _spawn(argv: Sequence[str], env: Mapping[str, str], stdio: tuple[int, int, int],
+           nofile: tuple[int, int] | None) -> int:
+    import resource  # loaded by holdmount.limits already
 
-        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    raised = None
+    try:
+        os.chdir("/")  # Python 3.11's posix_spawn has no chdir action: ours, for the spawn
+        if nofile is not None:
+            raised = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        return os.posix_spawn(
+            argv[0], list(argv), env, setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)])
+    finally:
+        if raised is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+        os.fchdir(here)
+        os.close(here)
+
+
+def _fork_exec(argv: Sequence[str], env: Mapping[str, str], stdio: tuple[int, int, int],
+               nofile: tuple[int, int]) -> int:
+    """fork, set the child up in Python, exec; an exec failure comes back as its errno over a
+    close-on-exec pipe (nothing arrives when the exec succeeded)."""
+    import resource
+
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            for signum in _ALL_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            os.setsid()
+            os.chdir("/")
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execve(argv[0], list(argv), env)
+        except OSError as e:
+            os.write(err_w, str(e.errno or 0).encode())
+        finally:
+            os._exit(127)
+    os.close(err_w)
+    try:
+        reply = os.read(err_r, 32)
+    finally:
+        os.close(err_r)
+    if reply:
+        os.waitpid(pid, 0)
+        code = int(reply)
+        raise OSError(code, os.strerror(code), argv[0])
+    return pid
+
+
+# Every signal the kernel lets a process catch: an action starts with none ignored (Python
+# ignores SIGPIPE and SIGXFSZ) and none handled.
+_ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 
 from holdmount.errors import Exit, Failure, os_failure
@@ -34,8 +33,12 @@ def _boot_id() -> str:
         return ""
 
 
+# json and datetime are imported where they are used: the daemon's start path needs neither
+# (a stamp is read at start only when one exists). Both are the standard library's.
+
+
 def _now() -> str:
-    import datetime  # here: the daemon's start path does not need it
+    import datetime
 
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -48,6 +51,8 @@ def write_stamp(path: str, failures: Sequence[Result]) -> None:
         "boot_id": _boot_id(),
         "failures": [r.as_dict() for r in failures],
     }
+    import json
+
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -109,6 +114,8 @@ def read_stamp(path: str, *, strict: bool = False) -> dict[str, Any] | None:
         return None
     except OSError as e:
         raise _stamp_failure("open", path, e) from e
+    import json
+
     try:
         data = json.loads(text)
         why = "" if isinstance(data, dict) and isinstance(data.get("holdmount_stamp"), int) \
@@ -147,6 +154,8 @@ def report(path: str, *, as_json: bool = False) -> int:
     """`holdmount report`: print the stamp and fail when it exists."""
     data = read_stamp(path, strict=True)
     if as_json:
+        import json
+
         failures = data.get("failures", []) if data else []
         print(json.dumps({
             "holdmount_report": REPORT_FORMAT, "stamp": path, "failed": data is not None,

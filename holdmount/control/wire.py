@@ -2,13 +2,16 @@
 
 Shared by both sides (holdmount.control.server, holdmount.control.client): the limits of a
 message, the peer's credentials, JSON in and out, and one message with its fds in and out.
+
+`json` (with the `re` it imports, ~1.2 MiB) is imported by the first message, not with this
+module: a daemon nobody asks anything never loads it (P2 in docs/performance.md). It is the
+standard library's, so a holdmount upgrade under a running daemon cannot change it.
 """
 
 from __future__ import annotations
 
 import array
 import errno
-import json
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -69,6 +72,8 @@ def peer_groups(sock: socket.socket) -> tuple[int, ...]:
 
 def encode(obj: Mapping[str, Any]) -> bytes:
     """A reply: strict UTF-8 JSON, whatever strings it holds (see `text`)."""
+    import json
+
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: a path that is not UTF-8
@@ -78,6 +83,8 @@ def encode(obj: Mapping[str, Any]) -> bytes:
 
 def encode_request(obj: Mapping[str, Any]) -> bytes:
     """A request: as `encode`, but a path that is not UTF-8 keeps its bytes (\\udcXX escapes)."""
+    import json
+
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -105,6 +112,8 @@ def _texts(obj: Any) -> Any:
 
 def decode(data: bytes) -> dict[str, Any]:
     """Parse one message; ValueError with a one-line reason when it is not a JSON object."""
+    import json
+
     try:
         obj = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:

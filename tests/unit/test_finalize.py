@@ -88,9 +88,30 @@ def test_action_gets_the_original_fd_limit_and_no_blocked_signal(
     assert r.output[1].split() == ["SigBlk:", "0000000000000000"], r.output
 
 
-def test_exec_failure_is_a_result() -> None:
-    (r,) = run_actions(ActionConfig(name="x", exec=("/nonexistent/prog",), when=When.ALWAYS))
+@pytest.mark.parametrize("low_fds", ["free", "taken"])
+def test_exec_failure_is_a_result(low_fds: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways an action starts report an exec failure the same: posix_spawn, and the fork
+    used when every fd below the original limit is in use (holdmount.spawn._fork_exec)."""
+    taken: list[int] = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    monkeypatch.setattr(limits, "_original_nofile", None)
+    if low_fds == "taken":
+        low = 64 if hard > 64 else hard // 2
+        monkeypatch.setattr(limits, "_original_nofile", (low, hard))
+        while not taken or taken[-1] < low:
+            taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    try:
+        r, y = run_actions(ActionConfig(name="x", exec=("/nonexistent/prog",),
+                                        when=When.ALWAYS),
+                           ActionConfig(name="y", exec=("/dev/null",), when=When.ALWAYS))
+        (ok,) = run_actions(sh("ok", "ulimit -n"))
+    finally:
+        for fd in taken:
+            os.close(fd)
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
     assert not r.ok and r.status == "exec(/nonexistent/prog): No such file or directory"
+    assert not y.ok and y.status == "exec(/dev/null): Permission denied"
+    assert ok.ok and ok.output == ((str(soft),) if low_fds == "free" else ("64",))
 
 
 def test_timeout_terminates_then_kills_the_group(tmp_path: Path,
