@@ -33,8 +33,14 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+# /usr/bin/holdmount as the packages install it (#!/usr/bin/python3 -P): what the units run
+LAUNCHER = REPO / "packaging/launcher/holdmount"
+
+
 def holdmount(*args: str) -> list[str]:
-    return [PY, "-m", "holdmount", *args]
+    """holdmount's command line as the packages run it: the launcher, exec'd (its #! line
+    starts PY), holdmount found through PYTHONPATH (bench/run sets it)."""
+    return [str(LAUNCHER), *args]
 
 
 def now_ns() -> int:

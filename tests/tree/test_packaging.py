@@ -14,6 +14,7 @@ Set HOLDMOUNT_PACKAGING_UNTRACKED=1 to build with untracked files too (work in p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -102,8 +103,17 @@ def test_deb_installs_the_files(deb_root: Path) -> None:
               "usr/lib/python3/dist-packages/holdmount/cli.py"]
     missing = [p for p in expect if not (deb_root / p).exists()]
     assert not missing, missing
-    assert (deb_root / "usr/bin/holdmount").read_text().startswith("#! /usr/bin/python3") or \
-        (deb_root / "usr/bin/holdmount").read_text().startswith("#!/usr/bin/python3")
+    assert_launcher((deb_root / "usr/bin/holdmount").read_text())
+
+
+LAUNCHER = PKG / "launcher/holdmount"
+
+
+def assert_launcher(text: str) -> None:
+    """/usr/bin/holdmount is packaging/launcher/holdmount (no `re`, no runpy: P2/P3/P9), not
+    the console script pip/installer generate, which imports `re`."""
+    assert text == LAUNCHER.read_text(), text[:300]
+    assert text.startswith("#!/usr/bin/python3 -P\n") and "import re" not in text
 
 
 def test_deb_units_documentation_exists(deb_root: Path) -> None:
@@ -206,6 +216,13 @@ def test_rpm_contents(rpm_file: Path) -> None:
     assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(rpm_file)]).stdout == __version__
 
 
+def test_rpm_launcher(rpm_file: Path, tmp_path: Path) -> None:
+    cpio = subprocess.run(["rpm2cpio", str(rpm_file)], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet", "./usr/bin/holdmount"], input=cpio,
+                   cwd=tmp_path, check=True)
+    assert_launcher((tmp_path / "usr/bin/holdmount").read_text())
+
+
 def test_rpm_scriptlets(rpm_file: Path) -> None:
     scripts = run(["rpm", "-qp", "--scripts", str(rpm_file)]).stdout
     post = scripts.split("postinstall scriptlet")[1].split("scriptlet")[0]
@@ -296,6 +313,10 @@ def test_arch_package_contents(arch_pkg: Path) -> None:
                  "usr/lib/holdmount/holdmount-ostree-switch", *OSTREE_FILES[1:],
                  "usr/share/doc/holdmount/examples/ostree.toml", ".PKGINFO"]:
         assert path in names, path
+    with tarfile.open(arch_pkg) as tar:
+        launcher = tar.extractfile("usr/bin/holdmount")
+        assert launcher is not None
+        assert_launcher(launcher.read().decode())
 
 
 def test_pkgbuild_shellcheck() -> None:
@@ -317,6 +338,8 @@ inherit() { :; }
 distutils_enable_tests() { :; }
 _need() { for f in "$@"; do [ -e "$f" ] || { echo "missing: $f" >&2; exit 1; }; done; }
 distutils-r1_python_install_all() { echo "python_install_all"; }
+distutils-r1_python_install() { echo "python_install"; }
+python_newscript() { _need "$1"; echo "script $2 $(sha256sum < "$1" | cut -d' ' -f1)"; }
 systemd_dounit() { _need "$@"; for f in "$@"; do echo "unit $(basename "$f")"; done; }
 doman() { _need "$@"; for f in "$@"; do echo "man $(basename "$f")"; done; }
 newbashcomp() { _need "$1"; echo "bashcomp $2"; }
@@ -364,6 +387,13 @@ def test_ebuild_installs_existing_files() -> None:
             "ins /usr/share/holdmount/ostree/holdmount-ostree.toml",
             "ins /usr/share/holdmount/ostree/ostree-finalize-staged.service.d/50-holdmount.conf",
             "dropin holdmount.service.d/50-ostree.conf"} <= done
+
+
+def test_ebuild_installs_the_launcher() -> None:
+    r = run(["bash", "-c", f'{STUBS}\nPYTHON_USEDEP=PYDEP; PF=holdmount-9999\nsource "$1"\n'
+             "set -e; python_install", "ebuild", str(EBUILD)], cwd=REPO)
+    digest = hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()
+    assert r.stdout.splitlines() == ["python_install", f"script holdmount {digest}"]
 
 
 def test_ebuild_shellcheck() -> None:

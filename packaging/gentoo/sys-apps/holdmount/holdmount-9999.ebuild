@@ -24,6 +24,13 @@ RDEPEND="
 	sys-apps/systemd
 "
 
+python_install() {
+	distutils-r1_python_install
+	# /usr/bin/holdmount runs our launcher (through python-exec, with this implementation's
+	# #! line) instead of the generated console script, which imports `re`: see the file
+	python_newscript packaging/launcher/holdmount holdmount
+}
+
 python_install_all() {
 	distutils-r1_python_install_all
 
