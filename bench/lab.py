@@ -324,10 +324,13 @@ def daemon_config(path: Path, *, holds: Sequence[tuple[str, str]] = (),
 class Daemon:
     """`holdmount daemon --config FILE` started by the harness, with its own notify socket."""
 
-    def __init__(self, lab: Lab, config: Path, notify: Notify) -> None:
+    def __init__(self, lab: Lab, config: Path, notify: Notify,
+                 cache: Path | None = None) -> None:
         self.lab = lab
         self.notify = notify
         env = dict(lab.env, NOTIFY_SOCKET=str(notify.path))
+        if cache is not None:  # as the unit's CacheDirectory= gives it: the parsed-config cache
+            env["CACHE_DIRECTORY"] = str(cache)
         self.log = config.parent / "daemon.log"
         self.t_exec = now_ns()
         self.proc = lab.procs.start(holdmount("daemon", "--config", str(config)), env=env,
