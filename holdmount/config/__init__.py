@@ -10,8 +10,9 @@ Every section of every file is read even after an error, so one run reports them
 
 The parts: `model` (the records and their defaults), `reader` (one file: size and nesting
 limits, TOML, typed keys), `isolated` (the TOML parse in a child: the daemon never holds
-tomllib), `dropins` (the set of files merged by identity: `load`), `check` (`daemon --check`:
-what only the running system can tell). Import from here.
+tomllib), `cache` (the daemon's parse cache: an unchanged file is not parsed again), `dropins`
+(the set of files merged by identity: `load`), `check` (`daemon --check`: what only the
+running system can tell). Import from here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import math
 import os
 import sys
 
-from holdmount.config import isolated
+from holdmount.config import cache, isolated
 from holdmount.config.model import When
 from holdmount.errors import Exit, Failure
 from holdmount.timespan import parse_timespan
@@ -179,7 +179,11 @@ def read_file(path: str) -> dict[str, Any]:
         raise fail(path, "", f"not UTF-8 (byte {e.start})") from None
     if "tomllib" in sys.modules:  # paid for already (the CLI, tests): no child needed
         return parse(path, text)
-    doc: dict[str, Any] = isolated.run(parse, path, text)  # the daemon: no tomllib kept
+    where = cache.directory()  # the daemon under systemd: an unchanged file is not parsed
+    doc = cache.lookup(where, path, text) if where else None
+    if doc is None:  # the daemon: no tomllib kept
+        after = (lambda parsed: cache.store(where, path, text, parsed)) if where else None
+        doc = isolated.run(parse, path, text, after=after)
     return doc
 
 
