@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import json
+import time
 from collections.abc import Mapping
-from typing import Any
 
 from holdmount import control
 from holdmount.paths import control_socket
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 STATUS_FORMAT = 1
 
@@ -28,7 +31,7 @@ def main(*, as_json: bool = False, socket: str | None = None) -> int:
 def _when(ts: object) -> str:
     if not isinstance(ts, (int, float)):
         return "?"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def _hold_lines(head: str, h: Mapping[str, Any], idle: str) -> list[str]:
