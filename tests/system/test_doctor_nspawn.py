@@ -1,5 +1,6 @@
-"""doctor under a real systemd 252 (PID 1 in systemd-nspawn): the .automount unit, its
-TimeoutIdleUSec and its state come from D-Bus (pystemd), and doctor still does not trigger."""
+"""doctor under a real systemd (PID 1 in systemd-nspawn: 252 on the Debian 12 root, 257 on the
+Debian 13 one): the .automount unit, its TimeoutIdleUSec and its state come from D-Bus
+(pystemd), and doctor still does not trigger."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from nspawn import VENV_PYTHON, Container
-from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
+from nspawn import Container
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:
@@ -34,7 +36,7 @@ Options=size=4m,mode=0755
 
 
 def _doctor(c: Container, *args: str) -> dict[str, Any]:
-    r = c.exec([VENV_PYTHON, "-m", "holdmount", "doctor", "--json", *args])
+    r = c.exec([c.os.holdmount, "doctor", "--json", *args])
     assert "Traceback" not in r.stderr, r.stderr
     data: dict[str, Any] = json.loads(r.stdout)
     assert data["exit"] == r.returncode
@@ -45,8 +47,8 @@ def _codes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["code"]: f for f in data["paths"][0]["findings"]}
 
 
-def test_automount_unit_from_dbus(container_factory: Callable[..., Container]) -> None:
-    c = container_factory("doctor", units={"hmdoctor-auto.automount": AUTOMOUNT,
+def test_automount_unit_from_dbus(root_container_factory: Callable[..., Container]) -> None:
+    c = root_container_factory("doctor", units={"hmdoctor-auto.automount": AUTOMOUNT,
                                            "hmdoctor-auto.mount": MOUNT},
                           wants=["hmdoctor-auto.automount"])
     c.boot()

@@ -1,4 +1,5 @@
-"""Structured journal records in a real systemd 252 (systemd-nspawn): holdmount.service logs its
+"""Structured journal records in a real systemd (252 and 257, systemd-nspawn on the Debian 12
+and Debian 13 roots): holdmount.service logs its
 events through the journal's native protocol; `journalctl -o json` reads back each MESSAGE_ID
 with its HOLDMOUNT_* fields, and `journalctl -x` explains them from the installed catalog.
 
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nspawn import Container
-from nspawn import container_factory as _fixture  # noqa: F401  (registers "container_factory")
+from nspawn import Container, OsRoot
+from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
+from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
 
 from holdmount.log import EVENTS
 
@@ -27,7 +29,6 @@ if shutil.which("systemd-nspawn") is None:
 
 Factory = Callable[..., Container]
 REPO = Path(__file__).resolve().parents[2]
-HM = str(REPO / ".venv" / "bin" / "holdmount")
 CATALOG = REPO / "packaging" / "catalog" / "holdmount.catalog"
 STAMP = "/var/lib/holdmount/failure.stamp"
 MARKER = "/run/hmj/staged"
@@ -73,14 +74,16 @@ def by_event(recs: list[dict[str, str]], event: str) -> list[dict[str, str]]:
     return [r for r in recs if r.get("HOLDMOUNT_EVENT") == event]
 
 
-def test_events_in_the_journal_and_the_catalog(container_factory: Factory) -> None:
+def test_events_in_the_journal_and_the_catalog(root_container_factory: Factory,
+                                               os_root: OsRoot) -> None:
     unit = (REPO / "units" / "holdmount.service").read_text()
     exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
-    c = container_factory(
+    hm = os_root.holdmount
+    c = root_container_factory(
         "journal",
         units={"holdmount.service": unit,
                "holdmount.service.d/50-venv.conf":
-               f"[Service]\nExecStart=\n{exec_start.replace('/usr/bin/holdmount', HM)}\n",
+               f"[Service]\nExecStart=\n{exec_start.replace('/usr/bin/holdmount', hm)}\n",
                "srv-hmj-lostable.mount": "[Mount]\nWhat=tmpfs\nWhere=/srv/hmj/lostable\n"
                "Type=tmpfs\nOptions=size=1m\n"},
         files={"/etc/holdmount/holdmount.toml": CONFIG, "/srv/hmj/always/.keep": "",
@@ -103,7 +106,7 @@ def test_events_in_the_journal_and_the_catalog(container_factory: Factory) -> No
     c.exec(["mount", "-t", "tmpfs", "-o", "size=1m", "again", "/srv/hmj/lostable"], check=True)
     assert c.wait_for(lambda: by_event(records(c), "hold-retaken") != [], 10)
     # a user may not hold a directory it could not open itself: refused, and recorded
-    r = c.exec(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HM, "hold",
+    r = c.exec(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", hm, "hold",
                 "/srv/hmj/private", "--until-pid", "1"])
     assert r.returncode == 77, r.stderr
     assert c.wait_for(lambda: by_event(records(c), "client-refused") != [], 10)
