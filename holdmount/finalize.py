@@ -141,7 +141,7 @@ class Finalizer:
         try:
             pidfd = os.pidfd_open(child.pid)
         except OSError:
-            os.killpg(child.pid, signal.SIGKILL)
+            os.kill(child.pid, signal.SIGKILL)
             os.waitpid(child.pid, 0)
             os.close(child.output)
             raise

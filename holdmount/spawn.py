@@ -103,7 +103,10 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], stdio: tuple[int, int, i
            nofile: tuple[int, int] | None) -> int:
     import resource  # loaded by holdmount.limits already
 
-    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # to come back to: where the daemon was started (systemd: / already)
+        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # a cwd that cannot be opened again: stay in / afterwards
+        here = -1
     raised = None
     try:
         os.chdir("/")  # Python 3.11's posix_spawn has no chdir action: ours, for the spawn
@@ -116,8 +119,9 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], stdio: tuple[int, int, i
     finally:
         if raised is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, raised)
-        os.fchdir(here)
-        os.close(here)
+        if here >= 0:
+            os.fchdir(here)
+            os.close(here)
 
 
 def _fork_exec(argv: Sequence[str], env: Mapping[str, str], stdio: tuple[int, int, int],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from holdmount import finalize, limits, stamp
+from holdmount import finalize, limits, spawn, stamp
 from holdmount.config import ActionConfig, MergeSpec, When
 from holdmount.errors import Exit, Failure
 from holdmount.finalize import Finalizer, Result
@@ -181,3 +181,29 @@ def test_signals_record_wake_and_restore() -> None:
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.set_wakeup_fd(old_wakeup)
+
+
+def test_action_runs_in_root_when_our_cwd_cannot_be_opened_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spawn comes back to the daemon's cwd through an O_PATH fd; when that open fails,
+    the action still starts (in /) and the daemon stays in /."""
+    real_open = os.open
+
+    def no_dot(path: str, flags: int, *args: int) -> int:
+        if path == ".":
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(spawn.os, "open", no_dot)
+    (r,) = run_actions(sh("pwd", "pwd"))
+    assert r.ok and r.output == ("/",), r
+    assert os.getcwd() == "/"
+
+
+def test_action_runs_in_root_and_our_cwd_is_kept(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (r,) = run_actions(sh("pwd", "pwd"))
+    assert r.ok and r.output == ("/",), r
+    assert os.getcwd() == str(tmp_path)
