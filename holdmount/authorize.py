@@ -64,14 +64,14 @@ def check_identity(path: str, client_fd: int, table: MountTable) -> bool:
         cfs = syscalls.fstatfs(client_fd)
     except OSError as e:
         raise Failure(f"fstat(fd for {path}): {os.strerror(e.errno or 0)}",
-                           code=Exit.DATAERR) from None
+                      code=Exit.DATAERR) from None
     if not stat.S_ISDIR(cst.st_mode):
         raise Failure(f"{path}: the fd passed for it is not a directory", code=Exit.DATAERR)
     try:
         hfd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # O_PATH: never triggers
     except OSError as e:
         raise Failure(f"open({path}): {os.strerror(e.errno or 0)} (in the daemon's mount "
-                           "namespace)", code=Exit.NOINPUT) from None
+                      "namespace)", code=Exit.NOINPUT) from None
     try:
         hst = os.fstat(hfd)
         try:
@@ -98,7 +98,7 @@ def check_mounted_root(path: str, client_fd: int, held_fd: int) -> None:
     cst, hst = os.fstat(client_fd), os.fstat(held_fd)
     if (cst.st_dev, cst.st_ino) != (hst.st_dev, hst.st_ino):
         raise Failure(f"{path}: changed while taking the hold (dev:ino {_id(cst)} vs "
-                           f"{_id(hst)})", code=Exit.TEMPFAIL)
+                      f"{_id(hst)})", code=Exit.TEMPFAIL)
 
 
 def check_may_read(path: str, held_fd: int, peer: Credentials, *,
@@ -127,8 +127,8 @@ def check_may_read(path: str, held_fd: int, peer: Credentials, *,
         return
     if code in (errno.EACCES, errno.EPERM):
         raise Failure(f"open({path}): Permission denied for uid {peer.uid}: a non-root "
-                           "client may hold only a directory it could open itself",
-                           code=Exit.NOPERM)
+                      "client may hold only a directory it could open itself",
+                      code=Exit.NOPERM)
     reason = "no answer in time" if code < 0 else \
         os.strerror(code) if code < 126 else "internal error"
     raise Failure(f"open({path}) as uid {peer.uid}: {reason}", code=Exit.NOPERM)

@@ -11,6 +11,7 @@ import sys
 from typing import Any, NoReturn
 
 from holdmount import __version__
+from holdmount.defaults import DEFAULT_TRIGGER_TIMEOUT, DELEGATE_MODES
 from holdmount.errors import Exit
 
 
@@ -63,9 +64,9 @@ def _add_run(sub: Any) -> None:
                    help="check each held directory by creating a file in it (never access())")
     p.add_argument("--require-exec", action="store_true",
                    help="fail when a held directory is on a noexec mount")
-    p.add_argument("--trigger-timeout", type=_positive_span, default=30.0, metavar="SPAN",
-                   help="how long a trigger may take (default 30s)")
-    p.add_argument("--delegate", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--trigger-timeout", type=_positive_span, default=DEFAULT_TRIGGER_TIMEOUT,
+                   metavar="SPAN", help="how long a trigger may take (default 30s)")
+    p.add_argument("--delegate", choices=DELEGATE_MODES, default=DELEGATE_MODES[0],
                    help="let the holdmount daemon hold in the host mount namespace: auto (when "
                    "it answers, the default), always (fail without it), never")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")

@@ -315,6 +315,7 @@ def _skip_reason(action: ActionConfig, armed: bool, inhibited: bool,
 def main(config: Config) -> int:
     return Daemon(config).run()
 
+
 def command(files: list[str] | None, *, no_config: bool = False, holds: Sequence[str] = (),
             allow_foreign: bool = False, check: bool = False) -> int:
     """`holdmount daemon [--config FILE]... [--no-config] [--hold DIR]...

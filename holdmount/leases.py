@@ -23,6 +23,7 @@ from holdmount.errors import Exit, Failure
 from holdmount.held import HeldPath
 from holdmount.log import log
 from holdmount.mounts import MountTable
+from holdmount.paths import normal
 from holdmount.record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -341,9 +342,7 @@ def _paths(body: Mapping[str, Any]) -> list[str]:
         except UnicodeEncodeError:
             raise RequestError(f"not a path: {p[:80]!r} has a lone surrogate that stands "
                                "for no byte", code=Exit.DATAERR) from None
-        norm = os.path.normpath(p)
-        if norm.startswith("//"):
-            norm = "/" + norm.lstrip("/")
+        norm = normal(p)
         if norm not in out:
             out.append(norm)
     return out

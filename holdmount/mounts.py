@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 
+from holdmount.paths import under
 from holdmount.record import Record
 
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
@@ -155,7 +156,7 @@ class MountTable:
         best_len = -1
         for m in self.mounts:
             mp = m.mount_point
-            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > best_len:
+            if under(path, mp) and len(mp) > best_len:
                 best = self.top_at(mp)
                 best_len = len(mp)
         return best

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
+from holdmount import fdpass
 from holdmount.log import log
 
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
@@ -49,11 +50,7 @@ class Notifier:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.settimeout(SEND_TIMEOUT)
-            if fds:
-                self._sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                bytes(_fd_array(fds)))], 0, self.address)
-            else:
-                self._sock.sendto(message, self.address)
+            fdpass.send(self._sock, message, fds, address=self.address)
         except TimeoutError:
             log.warning("sd_notify(%s): not taken within %gs, dropped: %s",
                         self.address.replace("\0", "@"), SEND_TIMEOUT, message[:60])
@@ -127,8 +124,3 @@ def _fit(fields: Sequence[str]) -> bytes | None:
 def _line(text: str) -> str:
     return " ".join(text.split())
 
-
-def _fd_array(fds: Sequence[int]) -> bytes:
-    import array
-
-    return array.array("i", fds).tobytes()

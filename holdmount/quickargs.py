@@ -9,6 +9,8 @@ command line goes through argparse, which then gives every usage message as befo
 
 from __future__ import annotations
 
+from holdmount.defaults import DEFAULT_TRIGGER_TIMEOUT, DELEGATE_MODES
+
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,7 +31,7 @@ def _timeout(value: str) -> float | None:
 
 
 def _delegate(value: str) -> str | None:
-    return value if value in ("auto", "always", "never") else None
+    return value if value in DELEGATE_MODES else None
 
 
 class Args:
@@ -62,7 +64,7 @@ _DEFAULTS: dict[str, dict[str, object]] = {
     "daemon": {"config": [], "hold": [], "no_config": False, "allow_foreign_namespace": False,
                "check": False},
     "run": {"hold": [], "protect": False, "require_writable": False, "require_exec": False,
-            "trigger_timeout": 30.0, "delegate": "auto"},  # cli's defaults
+            "trigger_timeout": DEFAULT_TRIGGER_TIMEOUT, "delegate": DELEGATE_MODES[0]},
     "status": {"json": False, "socket": None},
     "changes": {"json": False},
 }

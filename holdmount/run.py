@@ -19,6 +19,7 @@ import os
 import signal
 
 from holdmount import checks, hold, spawn, syscalls
+from holdmount.defaults import DELEGATE_MODES
 from holdmount.errors import Exit, Failure
 from holdmount.log import log
 from holdmount.paths import control_socket
@@ -42,11 +43,8 @@ class RunSpec(Record):
     require_writable: bool = False
     require_exec: bool = False
     trigger_timeout: float = hold.DEFAULT_TRIGGER_TIMEOUT
-    delegate: str = "auto"  # auto | always | never
+    delegate: str = DELEGATE_MODES[0]  # auto | always | never
     socket: str | None = None
-
-
-DELEGATE_MODES = ("auto", "always", "never")
 
 
 def prepare(spec: RunSpec) -> list[hold.Hold]:

@@ -19,7 +19,6 @@ the caller released it) and runs nothing but `_serve`.
 
 from __future__ import annotations
 
-import array
 import errno
 import gc
 import os
@@ -27,6 +26,8 @@ import select
 import signal
 import socket
 import struct
+
+from holdmount import fdpass
 
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
@@ -47,8 +48,7 @@ def _serve(sock: socket.socket) -> None:
             except OSError as e:
                 sock.send(_ANSWER.pack(index, e.errno or errno.EIO))
                 continue
-            sock.sendmsg([_ANSWER.pack(index, 0)],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            fdpass.send(sock, _ANSWER.pack(index, 0), [fd])
             os.close(fd)
 
 
@@ -115,13 +115,8 @@ class Helper:
         while len(results) - first < count:
             if not select.select([self.sock], [], [], timeout)[0]:
                 return False
-            fds = array.array("i")
-            # MSG_CMSG_CLOEXEC: received fds must not leak into commands we spawn later
-            msg, ancdata, _flags, _addr = self.sock.recvmsg(
-                _ANSWER.size, socket.CMSG_SPACE(fds.itemsize), socket.MSG_CMSG_CLOEXEC)
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+            # close-on-exec: received fds must not leak into commands we spawn later
+            msg, fds, _flags = fdpass.recv(self.sock, _ANSWER.size, 1)
             for extra in fds[1:]:
                 os.close(extra)
             if len(msg) != _ANSWER.size:  # the helper ended: it answers every path unless dead
@@ -195,10 +190,10 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
     out: list[int | OSError] = []
     retried = False
     while len(out) < len(paths):
-        shared = _shared is not None
-        helper = _shared if _shared is not None and _shared.running() else Helper(shared)
-        if shared:
-            _adopt(helper)
+        if _shared is not None:
+            start()  # the long-lived helper, forked again if it was killed
+        helper = _shared or Helper()
+        shared = helper is _shared
         try:
             out.extend(helper.open_batch(paths[len(out):], timeout))
         except BaseException:
@@ -216,7 +211,3 @@ def open_dirs(paths: Sequence[str], timeout: float) -> list[int | OSError]:
             helper.close()
     return out
 
-
-def _adopt(helper: Helper) -> None:
-    global _shared
-    _shared = helper

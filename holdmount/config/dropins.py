@@ -28,6 +28,7 @@ from holdmount.config.model import (
 )
 from holdmount.config.reader import ConfigErrors, Reader, fail, parse, read_file, toml_type
 from holdmount.errors import Exit, Failure
+from holdmount.paths import normal
 from holdmount.record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -196,7 +197,7 @@ class _Merger:
                 err(Failure(f"daemon: --hold {path}: must be an absolute path",
                             code=Exit.USAGE))
                 continue
-            norm = os.path.normpath(path)
+            norm = normal(path)
             if all(h.path != norm for h in holds):
                 holds.append(HoldConfig(path=norm))
         actions = []

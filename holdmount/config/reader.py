@@ -12,6 +12,7 @@ import sys
 from holdmount.config import cache, isolated
 from holdmount.config.model import When
 from holdmount.errors import Exit, Failure
+from holdmount.paths import normal
 from holdmount.timespan import parse_timespan
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -94,7 +95,7 @@ class Reader:
         if bad is not None:
             raise fail(self.file, self.key(name),
                         f"contains a control character ({bad!r}): {value!r}")
-        return os.path.normpath(value).replace("//", "/")
+        return normal(value)
 
     def span(self, name: str, *, positive: bool = True) -> float:
         value = self.table[name]

@@ -7,7 +7,8 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 
-from holdmount.control.wire import MAX_MESSAGE, MAX_REPLY, decode, encode_request, recv, send
+from holdmount import fdpass
+from holdmount.control.wire import MAX_MESSAGE, MAX_REPLY, decode, encode_request, recv
 from holdmount.errors import Exit, Failure
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -58,7 +59,7 @@ class Client:
             raise Failure(f"{op}: request larger than {MAX_MESSAGE} bytes", code=Exit.USAGE)
         try:
             try:
-                send(self.sock, data, fds)
+                fdpass.send(self.sock, data, fds)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # refused at connect: the daemon's refusal waits to be read
             try:

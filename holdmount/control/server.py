@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from holdmount import __version__
+from holdmount import __version__, fdpass
 from holdmount.control import listen
 from holdmount.control.admission import DEFAULT_PER_UID, Admission
 from holdmount.control.wire import (
@@ -35,7 +35,6 @@ from holdmount.control.wire import (
     error,
     peer_of,
     recv,
-    send,
 )
 from holdmount.errors import Exit, Failure
 from holdmount.log import log
@@ -114,11 +113,10 @@ class Server:
                 got = self._accept_spare()
             if got is None:
                 return
-            sock = got
             try:
-                self._admit(sock)
+                self._admit(got)
             except OSError:
-                sock.close()
+                got.close()
 
     def _accept_spare(self) -> socket.socket | None:
         """Out of fds: accept one client on the spare fd to refuse it (root is served), or,
@@ -278,7 +276,7 @@ class Server:
         elif len(data) > MAX_MESSAGE:
             _make_room(conn.sock, len(data))
         try:
-            send(conn.sock, data, fds, _SEND)
+            fdpass.send(conn.sock, data, fds, _SEND)
         except OSError:  # peer gone or not reading its replies: drop it
             self._drop(conn)
 

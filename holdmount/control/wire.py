@@ -14,9 +14,11 @@ import array
 import errno
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
+from holdmount import fdpass
 from holdmount.errors import Exit
+from holdmount.paths import text
 from holdmount.record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -71,7 +73,7 @@ def peer_groups(sock: socket.socket) -> tuple[int, ...]:
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
-    """A reply: strict UTF-8 JSON, whatever strings it holds (see `text`)."""
+    """A reply: strict UTF-8 JSON, whatever strings it holds (`paths.text`)."""
     import json
 
     try:
@@ -89,15 +91,6 @@ def encode_request(obj: Mapping[str, Any]) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def text(value: str) -> str:
-    """`value` as valid Unicode: a surrogate-escaped byte becomes the characters \\xNN, any
-    other lone surrogate \\uXXXX (display only: not reversible)."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _texts(obj: Any) -> Any:
@@ -130,22 +123,7 @@ def decode(data: bytes) -> dict[str, Any]:
 def recv(sock: socket.socket, size: int, flags: int = 0) -> tuple[bytes, list[int], int]:
     """One message of up to `size` bytes and its fds (received close-on-exec); the returned
     flags tell truncation."""
-    fds = array.array("i")
-    data, ancdata, got_flags, _ = sock.recvmsg(size + 1, socket.CMSG_SPACE(MAX_FDS * 4),
-                                               socket.MSG_CMSG_CLOEXEC | flags)
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds), got_flags
-
-
-def send(sock: socket.socket, data: bytes, fds: Sequence[int] = (), flags: int = 0) -> None:
-    """One message, with `fds` as SCM_RIGHTS when there are any."""
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                               array.array("i", fds).tobytes())], flags)
-    else:
-        sock.send(data, flags)
+    return fdpass.recv(sock, size + 1, MAX_FDS, flags)
 
 
 def error(message: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from holdmount import control
-from holdmount.doctor.walk import under
 from holdmount.errors import Exit, Failure
+from holdmount.paths import under
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterable
 
 from holdmount import syscalls
-from holdmount.doctor.walk import under
 from holdmount.mounts import Mount
+from holdmount.paths import under
 
 
 def pids() -> list[int]:

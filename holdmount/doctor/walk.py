@@ -15,14 +15,9 @@ import stat
 from collections.abc import Mapping
 
 from holdmount.mounts import Mount, MountTable
+from holdmount.paths import under
 
 MAX_SYMLINKS = 40
-
-
-def under(path: str, top: str) -> bool:
-    """`path` is `top` or lies below it (both absolute, normalized)."""
-    top = top.rstrip("/") or "/"
-    return path == top or top == "/" or path.startswith(top + "/")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ from holdmount.merge.model import (
 from holdmount.merge.tree import DIR_FLAGS, Tree, changed
 from holdmount.merge.write import Writer
 from holdmount.mounts import MountTable
+from holdmount.paths import under
 
 __all__ = ["TEMP_PREFIX", "MergeSummary", "is_temp_name", "merge_tree", "temp_name"]
 
@@ -73,7 +74,7 @@ def _check_inputs(staged: str, dest: str) -> os.stat_result:
         die(f"merge({dest}): DEST is not a directory",
             hint="name the directory to merge into", code=Exit.DATAERR)
     rs, rd = os.path.realpath(staged), os.path.realpath(dest)
-    if rs == rd or rd.startswith(rs.rstrip("/") + "/") or rs.startswith(rd.rstrip("/") + "/"):
+    if under(rd, rs) or under(rs, rd):
         die(f"merge({dest}): DEST and STAGED ({staged}) overlap",
             hint="stage into a directory outside DEST (and DEST outside it)", code=Exit.USAGE)
     return st

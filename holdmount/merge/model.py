@@ -9,6 +9,8 @@ import os
 import random
 import re
 
+from holdmount.paths import text
+
 TEMP_PREFIX = ".holdmount-merge."
 _rng = random.Random(os.urandom(16))
 _TEMP_NAME = re.compile(r"\.holdmount-merge\..*\.[0-9a-f]{8}", re.DOTALL)
@@ -75,12 +77,6 @@ class Plan:
     new_inodes: int
 
 
-def _text(path: str) -> str:
-    """A path as JSON text: UTF-8 names as they are, any other byte as the 4 characters `\\xNN`
-    (never a lone surrogate, which strict JSON parsers reject)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _non_utf8(paths: list[str]) -> list[dict[str, str]]:
     out = []
     for p in paths:
@@ -88,7 +84,7 @@ def _non_utf8(paths: list[str]) -> list[dict[str, str]]:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            out.append({"path": _text(p), "bytes_b64": base64.b64encode(raw).decode("ascii")})
+            out.append({"path": text(p), "bytes_b64": base64.b64encode(raw).decode("ascii")})
     return out
 
 
@@ -114,14 +110,14 @@ class MergeSummary:
         lists = {"added": self.added, "replaced": self.replaced,
                  "unchanged": self.unchanged, "removed_temp": self.removed_temp}
         every = [self.staged, self.dest, *dict.fromkeys(p for v in lists.values() for p in v)]
-        return {"staged": _text(self.staged), "dest": _text(self.dest),
+        return {"staged": text(self.staged), "dest": text(self.dest),
                 "dry_run": self.dry_run, "counts": self.counts(),
-                **{k: [_text(p) for p in v] for k, v in lists.items()},
+                **{k: [text(p) for p in v] for k, v in lists.items()},
                 "non_utf8": _non_utf8(every)}
 
     def line(self) -> str:
         c = self.counts()
         verb = "would merge" if self.dry_run else "merged"
-        return (f"{verb} {_text(self.staged)} into {_text(self.dest)}: {c['added']} added, "
+        return (f"{verb} {text(self.staged)} into {text(self.dest)}: {c['added']} added, "
                 f"{c['replaced']} replaced, {c['unchanged']} unchanged, "
                 f"{c['removed_temp']} temp files removed")

@@ -13,6 +13,7 @@ import os
 from holdmount.errors import Exit, die
 from holdmount.mounts import MountTable
 from holdmount.overlay.layers import Layers, layers
+from holdmount.paths import under
 
 TYPE_CHECKING = False  # typing costs ~1 MiB at run time; mypy reads this as True
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ def _identities(path: str) -> set[tuple[int, int]]:
         p = os.path.dirname(p)
 
 
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _foreign_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layers, str, str]]:
     """(mount, layers, role, layer dir as in mountinfo) of every layer of every mounted overlay
     whose merged view does not contain `path` (absolute, resolved).
@@ -65,7 +62,7 @@ def _foreign_layers(path: str, table: MountTable) -> Iterator[tuple[Mount, Layer
     allowed; and that overlay's layer paths are in the *mounter's* namespace, so for a container
     whose root is overlay(lowerdir=/) they would otherwise match every path."""
     for m in table.overlays():
-        if _inside(path, m.mount_point):
+        if under(path, m.mount_point):
             continue
         lay = layers(m)
         for role, d in lay.roles():
@@ -110,7 +107,7 @@ def lexical_layer_hits(path: str, table: MountTable) -> list[tuple[Mount, str, s
     """(mount, role, layer dir) for each layer `path` lies in, by the path's text alone: no
     stat, so it cannot trigger an automount (doctor's check)."""
     return [(m, role, d) for m, _lay, role, d in candidate_layers(path, table)
-            if _inside(path, os.path.normpath(d))]
+            if under(path, os.path.normpath(d))]
 
 
 def overlay_layer_of(path: str | os.PathLike[str],
@@ -120,7 +117,7 @@ def overlay_layer_of(path: str | os.PathLike[str],
     target = _resolve(os.fspath(path))
     ids: set[tuple[int, int]] | None = None
     for _m, lay, role, d in candidate_layers(target, table):
-        if _inside(target, os.path.realpath(d)):
+        if under(target, os.path.realpath(d)):
             return lay, role, d
         # the same directory reached through another path (bind mount, symlink)
         try:
@@ -145,7 +142,7 @@ def layer_dirs_under(path: str | os.PathLike[str],
         for role, d in lay.roles():
             if os.path.isabs(d):
                 rd = os.path.realpath(d)
-                if rd != top and _inside(rd, top):
+                if rd != top and under(rd, top):
                     out.append((lay, role, rd))
     return out
 
