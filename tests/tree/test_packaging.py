@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "packaging"
 UNITS = ("holdmount.service", "holdmount@.service", "holdmount-report.service")
+# every module of the package: each must be in every package built (pyproject finds them)
+MODULES = sorted((REPO / "holdmount").rglob("*.py"))
 UNTRACKED = ["--untracked"] if os.environ.get("HOLDMOUNT_PACKAGING_UNTRACKED") == "1" else []
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -101,6 +103,7 @@ def test_deb_installs_the_files(deb_root: Path) -> None:
               "usr/share/doc/holdmount/examples/ostree.toml",
               *OSTREE_FILES,
               "usr/lib/python3/dist-packages/holdmount/cli.py"]
+    expect += [f"usr/lib/python3/dist-packages/{p.relative_to(REPO)}" for p in MODULES]
     missing = [p for p in expect if not (deb_root / p).exists()]
     assert not missing, missing
     assert_launcher((deb_root / "usr/bin/holdmount").read_text())
@@ -209,7 +212,8 @@ def test_rpm_contents(rpm_file: Path) -> None:
                  "/usr/share/doc/holdmount/examples/ostree.toml",
                  *(f"/{p}" for p in OSTREE_FILES)]:
         assert any(f == path or f.startswith(path + ".") for f in files), path
-    assert any(f.endswith("/holdmount/cli.py") for f in files)
+    missing = [p for p in MODULES if not any(f.endswith(f"/{p.relative_to(REPO)}") for f in files)]
+    assert not missing, missing
     requires = run(["rpm", "-qp", "--requires", str(rpm_file)]).stdout
     assert "python3dist(pystemd) >= 0.11" in requires
     assert "inotify" not in requires
@@ -313,6 +317,8 @@ def test_arch_package_contents(arch_pkg: Path) -> None:
                  "usr/lib/holdmount/holdmount-ostree-switch", *OSTREE_FILES[1:],
                  "usr/share/doc/holdmount/examples/ostree.toml", ".PKGINFO"]:
         assert path in names, path
+    missing = [p for p in MODULES if not any(n.endswith(f"/{p.relative_to(REPO)}") for n in names)]
+    assert not missing, missing
     with tarfile.open(arch_pkg) as tar:
         launcher = tar.extractfile("usr/bin/holdmount")
         assert launcher is not None
