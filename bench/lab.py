@@ -301,6 +301,18 @@ def toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def exec_ms(lab: Lab, argv: list[str]) -> float:
+    """ms from just before the fork to waitpid's return for `argv`, which must exit 0."""
+    t0 = now_ns()
+    p = lab.procs.start(argv, env=lab.env)
+    code = p.wait()
+    took = now_ns() - t0
+    lab.procs.reap(p)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {code}")
+    return took / 1e6
+
+
 def daemon_config(path: Path, *, holds: Sequence[tuple[str, str]] = (),
                   marker: str | None = None,
                   actions: Sequence[tuple[str, Sequence[str], str]] = ()) -> Path:

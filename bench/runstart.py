@@ -11,26 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.lab import PY, Lab, holdmount, now_ns
-from bench.report import Row, fmt, median, ms, ratio
-
-
-def _time(lab: Lab, argv: list[str]) -> float:
-    t0 = now_ns()
-    p = lab.procs.start(argv, env=lab.env)
-    code = p.wait()
-    lab.procs.reap(p)
-    if code != 0:
-        raise RuntimeError(f"P9: {' '.join(argv)} exited {code}")
-    return ms(now_ns() - t0)
+from bench.lab import PY, Lab, exec_ms, holdmount
+from bench.report import Row, fmt, median, ratio
 
 
 def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
     held = lab.dir("p9")
     t: dict[str, list[float]] = {"holdmount": [], "python": []}
     for i in range(runs + 1):  # the first round warms caches and is dropped
-        h = _time(lab, holdmount("run", "--hold", str(held), "--", "/bin/true"))
-        p = _time(lab, [PY, "-c", "pass"])
+        h = exec_ms(lab, holdmount("run", "--hold", str(held), "--", "/bin/true"))
+        p = exec_ms(lab, [PY, "-c", "pass"])
         if i:
             t["holdmount"].append(h)
             t["python"].append(p)

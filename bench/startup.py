@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from bench import ostreepeer
 from bench.automount import Automount
-from bench.lab import PY, Daemon, Lab, daemon_config, notify_socket, now_ns
+from bench.lab import PY, Daemon, Lab, daemon_config, exec_ms, notify_socket, now_ns
 from bench.report import Row, fmt, median, ms, ratio
 
 
@@ -53,11 +53,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                 h = d.wait_ready(60)
                 d.stop()
                 notify.drain()
-                t0 = now_ns()
-                p = lab.procs.start([PY, "-c", "pass"], env=lab.env)
-                p.wait()
-                py = now_ns() - t0
-                lab.procs.reap(p)
+                py = exec_ms(lab, [PY, "-c", "pass"])
                 if sr is not None:
                     t0 = now_ns()
                     o = ostreepeer.start(lab, sr)
@@ -70,7 +66,7 @@ def rows(lab: Lab, runs: int, progress: Callable[[str], None]) -> list[Row]:
                 if i:
                     t["holdmount"].append(ms(h))
                     t["miss"].append(ms(miss))
-                    t["python"].append(ms(py))
+                    t["python"].append(py)
             progress(f"P3: holdmount {median(t['holdmount']):.1f} ms (cache miss "
                      f"{median(t['miss']):.1f} ms), python -c pass "
                      f"{median(t['python']):.1f} ms, ostree {median(t['ostree']):.1f} ms")

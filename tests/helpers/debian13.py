@@ -55,11 +55,21 @@ def venv_dir() -> Path:
 
 
 def host_mirror() -> str:
+    """The host's Debian mirror: deb822 sources first, then a one-line sources.list (what a
+    Debian 12 installed by its installer has)."""
     for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for line in f.read_text().splitlines():
             if line.startswith("URIs:"):
                 return line.split()[1]
-    raise RuntimeError("no URIs: line in /etc/apt/sources.list.d/*.sources (the host's mirror)")
+    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]
+    for f in (f for f in lists if f.exists()):
+        for line in f.read_text().splitlines():
+            if "[" in line:  # deb [arch=... signed-by=...] URL SUITE ...: drop the options
+                line = line[:line.index("[")] + line[line.index("]", line.index("[")) + 1:]
+            words = line.split()
+            if words[:1] == ["deb"] and len(words) > 1:
+                return words[1]
+    raise RuntimeError("no mirror in /etc/apt/sources.list.d/*.sources or sources.list")
 
 
 def _run(args: list[str], **kw: object) -> None:

@@ -68,8 +68,8 @@ def test_every_dropin_directive_is_commented(path: Path) -> None:
 
 
 def test_ostree_dropin_keeps_a_stop_command_and_orders_after_holdmount() -> None:
-    """systemd refuses a unit with no ExecStart=/ExecStop= (so staging on ostree >= 2025.2
-    would fail); the unit must stop before holdmount, which finalizes."""
+    """ostree's finalize is replaced by a stop that does nothing (the hold is the start); the
+    unit must stop before holdmount, which finalizes."""
     path = UNITS.parent / "packaging/ostree/ostree-finalize-staged.service.d/50-holdmount.conf"
     d: dict[str, list[str]] = {}
     for k, v, _ in directives(path):
