@@ -15,6 +15,7 @@ for what CI=true changes.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,11 +23,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
+pytest_plugins = ["debs"]  # the session's .deb, shared by the packaging and VM tests
 
 
 def holdmount_cmd() -> list[str]:
     """How tests invoke the CLI: the venv's interpreter running the package."""
     return [sys.executable, "-m", "holdmount"]
+
+
+def run_holdmount(*args: str, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    """The CLI run to its end, its output captured as text."""
+    return subprocess.run([*holdmount_cmd(), *args], capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 @pytest.fixture

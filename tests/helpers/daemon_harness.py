@@ -4,6 +4,7 @@ from here; tests/unit/test_harness_daemon.py checks the harness itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -174,6 +175,14 @@ class DaemonProc:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def strict_json(raw: bytes) -> Any:
+    """Parse as a strict JSON parser does: UTF-8 text, and no string with a lone surrogate
+    (Python's json.loads accepts "\\udcff"; RFC 8259 parsers such as jq or serde reject it)."""
+    out = json.loads(raw.decode("utf-8"))
+    no_lone_surrogates(out)
+    return out
 
 
 def no_lone_surrogates(value: Any) -> None:

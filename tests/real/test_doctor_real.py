@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +61,7 @@ def cgroup() -> Iterator[Cgroup]:
 @pytest.fixture
 def shared_base() -> Iterator[Path]:
     """A directory every user can traverse (pytest's tmp_path is 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="holdmount-doctor-"))
-    base.chmod(0o755)
+    base = lab_base()
     yield base
     shutil.rmtree(base, ignore_errors=True)
 

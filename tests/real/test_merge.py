@@ -12,6 +12,7 @@ from pathlib import Path
 import merge_nslab as _lab
 import pytest
 from conftest import holdmount_cmd
+from daemon_harness import strict_json
 from merge_nslab import NsLab, link_groups, snapshot, temps, walk
 
 from holdmount import merge
@@ -178,24 +179,6 @@ def test_cli_json(tmp_path: Path) -> None:
     r = hm("merge", str(staged), str(dest))
     assert r.returncode == 0
     assert r.stdout.startswith(f"merged {staged} into {dest}: 0 added, 0 replaced, ")
-
-
-def strict_json(raw: bytes) -> object:
-    """Parse as a strict JSON parser does: UTF-8 text, and no string with a lone surrogate
-    (Python's json.loads accepts "\\udcff"; RFC 8259 parsers such as jq or serde reject it)."""
-    def check(v: object) -> None:
-        if isinstance(v, str):
-            v.encode("utf-8")  # raises on a lone surrogate
-        elif isinstance(v, list):
-            for x in v:
-                check(x)
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                check(k)
-                check(x)
-    out = json.loads(raw.decode("utf-8"))
-    check(out)
-    return out
 
 
 def test_cli_json_non_utf8_names(tmp_path: Path) -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 from autofs import AutofsLab
+from conftest import holdmount_cmd
 
 pytestmark = pytest.mark.real
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 VENV = Path(sys.executable).parent.parent
 EMERGE = VENV / "bin" / "emerge"
 # A tmpfs like the README's fstab line (mode 775 there, for the portage user; root here).

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import pytest
 from autofs import DEFAULT_ENTRY, AutofsLab, wait_for
+from conftest import holdmount_cmd
 
 pytestmark = pytest.mark.real
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

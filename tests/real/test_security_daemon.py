@@ -15,14 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import HM, DaemonProc, no_lone_surrogates, wait_for
+from autofs import lab_base
+from daemon_harness import HM, DaemonProc, wait_for
+from daemon_harness import strict_json as strict
 
 from holdmount import control
 from holdmount.delegate import Delegation
@@ -37,8 +38,7 @@ pytestmark = [pytest.mark.real,  # the attacker needs root to become nobody; mus
 @pytest.fixture
 def tmp() -> Iterator[Path]:
     """A 0755 directory (pytest's tmp_path is below a 0700 one): nobody reaches the socket."""
-    path = Path(tempfile.mkdtemp(prefix="holdmount-sec-"))
-    path.chmod(0o755)
+    path = lab_base()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -65,13 +65,6 @@ def as_nobody(fn: Callable[[], Any]) -> Any:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, text
     return json.loads(text)
-
-
-def strict(reply: bytes) -> dict[str, Any]:
-    """The reply parsed as strict JSON: UTF-8, and no string with a lone surrogate."""
-    obj: dict[str, Any] = json.loads(reply.decode("utf-8"))
-    no_lone_surrogates(obj)
-    return obj
 
 
 def exchange(path: str, data: bytes) -> bytes:

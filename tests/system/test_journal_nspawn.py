@@ -20,6 +20,7 @@ import pytest
 from nspawn import Container, OsRoot
 from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
 from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
+from system_units import dropin
 
 from holdmount.log import EVENTS
 
@@ -76,14 +77,11 @@ def by_event(recs: list[dict[str, str]], event: str) -> list[dict[str, str]]:
 
 def test_events_in_the_journal_and_the_catalog(root_container_factory: Factory,
                                                os_root: OsRoot) -> None:
-    unit = (REPO / "units" / "holdmount.service").read_text()
-    exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
     hm = os_root.holdmount
     c = root_container_factory(
         "journal",
-        units={"holdmount.service": unit,
-               "holdmount.service.d/50-venv.conf":
-               f"[Service]\nExecStart=\n{exec_start.replace('/usr/bin/holdmount', hm)}\n",
+        units={"holdmount.service": (REPO / "units" / "holdmount.service").read_text(),
+               **dict([dropin("holdmount.service", os_root)]),
                "srv-hmj-lostable.mount": "[Mount]\nWhat=tmpfs\nWhere=/srv/hmj/lostable\n"
                "Type=tmpfs\nOptions=size=1m\n"},
         files={"/etc/holdmount/holdmount.toml": CONFIG, "/srv/hmj/always/.keep": "",

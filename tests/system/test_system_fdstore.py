@@ -19,7 +19,7 @@ import pytest
 from nspawn import Container, OsRoot
 from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
 from nspawn import root_container_factory as _fixture  # noqa: F401  (registers the fixture)
-from test_system_daemon import TMPFS, automount, dropin, status, unit_prop
+from system_units import TMPFS, automount, dropin, status, unit_prop
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:

@@ -25,7 +25,7 @@ import pytest
 from debian13 import VENV_IN_ROOT, venv_dir
 from nspawn import REPO, Container, OsRoot, debian13_root
 from nspawn import debian13_container_factory as _fixture  # noqa: F401  (registers the fixture)
-from test_system_daemon import MARKER, make, status, unit_prop
+from system_units import MARKER, make, status, unit_prop
 
 pytestmark = [pytest.mark.nspawn]
 if shutil.which("systemd-nspawn") is None:

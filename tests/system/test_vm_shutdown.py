@@ -12,14 +12,10 @@ systemd-gpt-auto-generator with TimeoutIdleSec=2s, holdmount installed from its 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nspawn import REPO
 from vm import BaseImage, Disk, base_image, tools_available
 
 pytestmark = [pytest.mark.real]
@@ -97,13 +93,12 @@ def _fs_at(serial: str, label: str) -> set[str]:
     raise AssertionError(f"no 'VMTEST: {label}:' line in the serial log:\n{serial[-3000:]}")
 
 
-@pytest.fixture(scope="module", name="debs")
-def debs() -> Iterator[list[Path]]:
-    with tempfile.TemporaryDirectory(prefix="holdmount-vm-deb-", dir="/var/tmp") as out:
-        r = subprocess.run([str(REPO / "packaging" / "build-deb"), "-o", out],
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout + r.stderr
-        yield sorted(Path(out).glob("*.deb"))
+@pytest.fixture(scope="session")
+def vm_tools() -> None:
+    """Before the package is built (the session's `debs`): without the tools, skip at once."""
+    missing = tools_available()
+    if missing:
+        pytest.skip(f"not installed: {missing} (run scripts/setup)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +118,15 @@ def _run(base: BaseImage, debs: list[Path], workdir: Path, append: str) -> Run:
                disk.journal("-o", "short-monotonic"), (made, wall))
 
 
-def test_finalize_at_real_poweroff_with_gpt_auto_boot(debs: list[Path], tmp_path: Path) -> None:
-    missing = tools_available()
-    if missing:
-        pytest.skip(f"not installed: {missing} (run scripts/setup)")
+def test_finalize_at_real_poweroff_with_gpt_auto_boot(vm_tools: None, debs: dict[str, Path],
+                                                     tmp_path: Path) -> None:
     t0 = time.monotonic()
     base = base_image()
     t_base = time.monotonic() - t0
-    assert len(debs) == 1, debs  # holdmount (no inotify package: syscalls.py has inotify)
+    assert list(debs) == ["holdmount"], debs  # no inotify package: syscalls.py has inotify
 
     # holdmount: stage, idle, poweroff
-    hm = _run(base, debs, tmp_path / "hm",
+    hm = _run(base, list(debs.values()), tmp_path / "hm",
               "vmtest.mode=holdmount systemd.wants=holdmount.service")
     written = hm.disk.esp_file("holdmount.txt")
     hm_lines = [ln for ln in hm.journal.splitlines() if "holdmount" in ln or "boot." in ln]
@@ -148,7 +141,7 @@ def test_finalize_at_real_poweroff_with_gpt_auto_boot(debs: list[Path], tmp_path
     assert "Host is down" not in hm.journal
 
     # control: the same write from a unit stopped at shutdown, holdmount not started
-    control = _run(base, debs, tmp_path / "control",
+    control = _run(base, list(debs.values()), tmp_path / "control",
                    "vmtest.mode=control systemd.wants=vmtest-control.service")
     assert _fs_at(control.serial, "after-access") == {"autofs", "vfat"}, control.serial[-3000:]
     assert _fs_at(control.serial, "after-idle-6s") == {"autofs"}, \

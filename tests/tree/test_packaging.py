@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from debs import SYSTEM_PATH, UNTRACKED, need
 from nspawn import os_root_fixture as _os_root  # noqa: F401  (registers "os_root")
 
 from holdmount import __version__
@@ -40,14 +41,6 @@ PKG = REPO / "packaging"
 UNITS = ("holdmount.service", "holdmount@.service", "holdmount-report.service")
 # every module of the package: each must be in every package built (pyproject finds them)
 MODULES = sorted((REPO / "holdmount").rglob("*.py"))
-UNTRACKED = ["--untracked"] if os.environ.get("HOLDMOUNT_PACKAGING_UNTRACKED") == "1" else []
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t, path=SYSTEM_PATH) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: run scripts/setup (as root)")
 
 
 def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -63,16 +56,6 @@ def pyproject_version() -> str:
 
 
 # --- Debian --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    need("dpkg-buildpackage", "dh", "dh_python3", "dpkg-deb", "git")
-    out = tmp_path_factory.mktemp("deb")
-    run([str(PKG / "build-deb"), "-o", str(out), *UNTRACKED])
-    found = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
-    assert set(found) == {"holdmount"}, found
-    return found
-
 
 @pytest.fixture(scope="session")
 def deb_root(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:

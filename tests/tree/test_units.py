@@ -61,6 +61,11 @@ def test_every_non_obvious_directive_is_commented(name: str) -> None:
 DROPINS = sorted((UNITS.parent / "packaging" / "ostree").glob("*.service.d/*.conf"))
 
 
+def test_the_ostree_dropins_are_found() -> None:  # else the test below would run for none
+    assert [p.parent.name for p in DROPINS] == ["holdmount.service.d",
+                                                "ostree-finalize-staged.service.d"]
+
+
 @pytest.mark.parametrize("path", DROPINS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_dropin_directive_is_commented(path: Path) -> None:
     bare = [k for k, _, commented in directives(path) if not commented]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import holdmount_cmd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,7 @@ from holdmount import __main__, config
 from holdmount.config import When
 from holdmount.errors import Exit, Failure
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 
 OSTREE = Path(__file__).resolve().parents[2] / "packaging" / "examples" / "ostree.toml"
 GENERIC = Path(__file__).resolve().parents[2] / "packaging" / "examples" / "holdmount.toml"

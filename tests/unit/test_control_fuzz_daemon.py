@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonProc, no_lone_surrogates, wait_for
+from daemon_harness import DaemonProc, strict_json, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,8 +178,7 @@ def exchange(s: socket.socket, data: bytes, fds: list[int]) -> dict[str, Any]:
             for fd in got:
                 os.close(fd)
     assert reply_raw, "the daemon closed the connection instead of answering"
-    reply: dict[str, Any] = json.loads(reply_raw.decode("utf-8"))  # strict: UTF-8 ...
-    no_lone_surrogates(reply)  # ... and no \udcXX escape in it
+    reply: dict[str, Any] = strict_json(reply_raw)
     return reply
 
 

@@ -6,7 +6,9 @@ Counts, not times: how fast this is lives in bench/ (P6)."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -258,19 +260,18 @@ def test_summary_names_at_most_three_paths(tmp_path: Path) -> None:
         daemon.selector.close()
 
 
+def limited(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+    """DaemonProc's popen with a hard RLIMIT_NOFILE of 700 for the daemon."""
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        *args, **kwargs,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700)))
+
+
 def test_fd_reserve_leaves_room_for_every_hold_from_boot(tmp_path: Path) -> None:
     """Under a hard RLIMIT_NOFILE of 700, 500 holds from boot plus the finalize's fd reserve
     fit: the reserve is counted for the staged holds only and taken after the holds from boot
     (sizing it by every configured hold, before taking them, made the daemon fail with EMFILE
     at 10,000 holds under a hard limit of 20,000: found by bench/run P6)."""
-    import resource
-    import subprocess
-
-    def limited(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-            *args, **kwargs,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700)))
-
     dirs = many_dirs(tmp_path, 500)
     with DaemonProc(tmp_path, holds_toml(dirs), popen=limited) as d:
         d.wait_ready()
@@ -282,14 +283,6 @@ def test_fd_reserve_leaves_room_for_every_hold_from_boot(tmp_path: Path) -> None
 def test_more_holds_than_fds_is_a_configuration_error(tmp_path: Path) -> None:
     """800 holds under a hard RLIMIT_NOFILE of 700: exit 78 (systemd does not restart it in a
     loop) with one line naming the limit and a hint, not "internal error"."""
-    import resource
-    import subprocess
-
-    def limited(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-            *args, **kwargs,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700)))
-
     dirs = many_dirs(tmp_path, 800)
     with DaemonProc(tmp_path, holds_toml(dirs), popen=limited) as d:
         assert d.wait() == 78, d.log()

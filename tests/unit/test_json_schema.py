@@ -8,13 +8,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import run_holdmount as hm
 from daemon_harness import DaemonProc
 
-HM = [sys.executable, "-m", "holdmount"]
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "json.md"
 TYPES: dict[str, tuple[type, ...]] = {
@@ -56,10 +55,6 @@ def check(value: dict[str, Any], section: str, s: Schema, seen: set[str]) -> Non
         if isinstance(v, list) and f"{section}.{name}[]" in s:
             for item in v:
                 check(item, f"{section}.{name}[]", s, seen)
-
-
-def hm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HM, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_status_and_report_json_match_the_doc(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from conftest import holdmount_cmd
+from daemon_harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,14 +57,13 @@ def test_ready_daemon_has_none_of_the_heavy_modules(tmp_path: Path) -> None:
                              "--config", str(cfg)], env=env, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not (modules.exists() and modules.stat().st_size):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
+        ready = wait_for(lambda: proc.poll() is not None or
+                         (modules.exists() and modules.stat().st_size > 0), 30)
+        assert ready and proc.poll() is None, proc.communicate()
         loaded = set(modules.read_text().split())
         assert "holdmount.finalize" in loaded and "holdmount.control.server" in loaded
         assert sorted(HEAVY & loaded) == []
-        status = subprocess.run([sys.executable, "-m", "holdmount", "status", "--json"],
+        status = subprocess.run([*holdmount_cmd(), "status", "--json"],
                                 env=env, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0 and str(held) in status.stdout, status.stderr
     finally:

@@ -10,16 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_holdmount as hm
 from daemon_harness import DaemonProc
 
 from holdmount import hold
 
-HM = [sys.executable, "-m", "holdmount"]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def hm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HM, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def two_lines(r: subprocess.CompletedProcess[str], code: int) -> tuple[str, str]:

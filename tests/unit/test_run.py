@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import holdmount_cmd
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

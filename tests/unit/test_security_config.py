@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import holdmount_cmd
 
 from holdmount import config
 
-HM = [sys.executable, "-m", "holdmount"]
+HM = holdmount_cmd()
 
 
 def daemon(*args: str) -> subprocess.CompletedProcess[str]:
